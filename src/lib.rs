@@ -1,1 +1,9 @@
+//! Outpost: an outbound-API sidecar proxy.
+//!
+//! The application calls `http://127.0.0.1:8080/<upstream>/<path>` without any secret; Outpost
+//! routes to the configured third-party API, injects credentials and applies the resilience
+//! policies of `proxy.yaml`. A second listener verifies inbound webhooks. The binary in
+//! `main.rs` is a thin CLI over this library; the tests in `tests/` drive the same code.
 
+pub mod metrics;
+pub mod mock;

@@ -1,0 +1,1 @@
+//! Mock upstreams (placeholder until the mock lands).
