@@ -30,3 +30,195 @@ pub const ALL: &[&str] = &[
     CONFIG_RELOADS_TOTAL,
     BUILD_INFO,
 ];
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use http::Method;
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+
+/// Latency buckets (seconds): sidecar overhead is sub-millisecond, third-party calls take
+/// tens of milliseconds to tens of seconds.
+const DURATION_BUCKETS: &[f64] = &[
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+];
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+/// The process's metrics registry: a Prometheus recorder owned by the app (not the global one),
+/// so several proxies in one test process never share counters.
+#[derive(Clone)]
+pub struct Metrics {
+    recorder: Arc<PrometheusRecorder>,
+    handle: PrometheusHandle,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let recorder = PrometheusBuilder::new()
+            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION_SECONDS.into()), DURATION_BUCKETS)
+            .expect("static bucket list is not empty")
+            .build_recorder();
+        let handle = recorder.handle();
+        let metrics = Metrics { recorder: Arc::new(recorder), handle };
+        metrics.describe();
+        metrics
+            .gauge(BUILD_INFO, vec![Label::new("version", env!("CARGO_PKG_VERSION"))])
+            .set(1.0);
+        metrics
+    }
+
+    fn describe(&self) {
+        let r = &self.recorder;
+        let d = |name: &'static str| metrics::KeyName::from_const_str(name);
+        r.describe_counter(d(REQUESTS_TOTAL), None, "Requests answered to the application, by upstream, method and status.".into());
+        r.describe_histogram(d(REQUEST_DURATION_SECONDS), Some(Unit::Seconds), "Time from request to response headers, retries included.".into());
+        r.describe_counter(d(UPSTREAM_ATTEMPTS_TOTAL), None, "Attempts sent to an upstream, by outcome.".into());
+        r.describe_counter(d(RETRIES_TOTAL), None, "Retries, by reason.".into());
+        r.describe_counter(d(RATE_LIMITED_TOTAL), None, "Requests held back by a rate limit, by source (local or upstream).".into());
+        r.describe_gauge(d(IN_FLIGHT_REQUESTS), None, "Requests being handled now, by upstream.".into());
+        r.describe_gauge(d(CIRCUIT_OPEN), None, "1 while an upstream's circuit breaker is open.".into());
+        r.describe_counter(d(OAUTH_TOKEN_REFRESHES_TOTAL), None, "OAuth2 token fetches, by result.".into());
+        r.describe_counter(d(WEBHOOKS_TOTAL), None, "Inbound webhook deliveries, by result.".into());
+        r.describe_counter(d(CONFIG_RELOADS_TOTAL), None, "Config reloads, by result.".into());
+        r.describe_gauge(d(BUILD_INFO), None, "Build information; always 1.".into());
+    }
+
+    /// Prometheus text exposition.
+    pub fn render(&self) -> String {
+        self.handle.render()
+    }
+
+    /// Periodic housekeeping of the exporter (histogram buffers).
+    pub fn run_upkeep(&self) {
+        self.handle.run_upkeep();
+    }
+
+    pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
+        self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
+        self.recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    pub fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
+        self.recorder.register_histogram(&Key::from_parts(name, labels), &METADATA)
+    }
+
+    pub fn config_reload(&self, ok: bool) {
+        self.counter(CONFIG_RELOADS_TOTAL, vec![Label::new("result", if ok { "ok" } else { "error" })])
+            .increment(1);
+    }
+}
+
+/// Metric handles of one upstream (or of the `unknown` pseudo-upstream), made once.
+pub struct UpstreamMetrics {
+    metrics: Metrics,
+    upstream: Arc<str>,
+    pub duration: Histogram,
+    pub in_flight: Gauge,
+    requests: RwLock<HashMap<(&'static str, u16), Counter>>,
+}
+
+/// Label for requests that matched no upstream.
+pub const NO_UPSTREAM: &str = "unknown";
+
+impl UpstreamMetrics {
+    pub fn new(metrics: &Metrics, upstream: &str) -> Self {
+        let label = || vec![Label::new("upstream", upstream.to_string())];
+        UpstreamMetrics {
+            metrics: metrics.clone(),
+            upstream: upstream.into(),
+            duration: metrics.histogram(REQUEST_DURATION_SECONDS, label()),
+            in_flight: metrics.gauge(IN_FLIGHT_REQUESTS, label()),
+            requests: RwLock::new(HashMap::new()),
+        }
+    }
+
+    /// `outpost_requests_total{upstream,method,status}`; handles are cached per (method, status).
+    pub fn request(&self, method: &Method, status: u16) {
+        let method = method_label(method);
+        let cached = self
+            .requests
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&(method, status))
+            .cloned();
+        let counter = match cached {
+            Some(c) => c,
+            None => {
+                let c = self.metrics.counter(
+                    REQUESTS_TOTAL,
+                    vec![
+                        Label::new("upstream", self.upstream.to_string()),
+                        Label::new("method", method),
+                        Label::new("status", status.to_string()),
+                    ],
+                );
+                self.requests
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert((method, status), c.clone());
+                c
+            }
+        };
+        counter.increment(1);
+    }
+
+    /// A counter of this upstream with one more bounded label.
+    pub fn labelled(&self, name: &'static str, key: &'static str, value: &'static str) -> Counter {
+        self.metrics.counter(
+            name,
+            vec![Label::new("upstream", self.upstream.to_string()), Label::new(key, value)],
+        )
+    }
+
+    pub fn gauge(&self, name: &'static str) -> Gauge {
+        self.metrics.gauge(name, vec![Label::new("upstream", self.upstream.to_string())])
+    }
+}
+
+/// Methods outside the standard set are folded into `OTHER` (bounded labels).
+pub fn method_label(method: &Method) -> &'static str {
+    match *method {
+        Method::GET => "GET",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::HEAD => "HEAD",
+        Method::OPTIONS => "OPTIONS",
+        Method::TRACE => "TRACE",
+        Method::CONNECT => "CONNECT",
+        _ => "OTHER",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_requests_and_build_info() {
+        let metrics = Metrics::new();
+        let up = UpstreamMetrics::new(&metrics, "stripe");
+        up.request(&Method::GET, 200);
+        up.request(&Method::GET, 200);
+        up.request(&Method::from_bytes(b"BREW").unwrap(), 418);
+        up.duration.record(0.02);
+        let text = metrics.render();
+        assert!(text.contains(r#"outpost_requests_total{upstream="stripe",method="GET",status="200"} 2"#), "{text}");
+        assert!(text.contains(r#"method="OTHER",status="418""#), "{text}");
+        assert!(text.contains(r#"outpost_build_info{version=""#), "{text}");
+        assert!(text.contains("outpost_request_duration_seconds_bucket"), "{text}");
+        assert!(text.contains("# HELP outpost_requests_total"), "{text}");
+    }
+}

@@ -1,0 +1,197 @@
+//! Wiring: binds the listeners, builds the config generation, serves until SIGTERM/SIGINT,
+//! reloads on SIGHUP, and drains.
+//!
+//! Shutdown order (Kubernetes sends SIGTERM to a native sidecar after the app containers have
+//! exited): `/readyz` turns 503, the app listener stops accepting, in-flight requests finish
+//! (bounded by `drain_timeout`), then the admin listener closes and the process exits 0.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+use crate::admin::{serve_admin, Readiness};
+use crate::client::Clients;
+use crate::config::{self, Config};
+use crate::metrics::Metrics;
+use crate::proxy::{Generation, Proxy, RequestIds};
+use crate::server::serve_app;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    #[error("{0}")]
+    Build(String),
+}
+
+/// A running Outpost: its bound addresses and the handles to reload and stop it.
+pub struct App {
+    pub app_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub metrics: Metrics,
+    pub ready: Readiness,
+    config_path: PathBuf,
+    state: Arc<ArcSwap<Generation>>,
+    clients: Arc<Clients>,
+    stop: watch::Sender<bool>,
+    app_task: JoinHandle<()>,
+    admin_stop: watch::Sender<bool>,
+    admin_task: JoinHandle<()>,
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+}
+
+fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
+    async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    }
+}
+
+impl App {
+    /// Bind every listener and start serving. Ready once this returns.
+    pub async fn start(config: Config) -> Result<App, StartError> {
+        let metrics = Metrics::new();
+        let clients = Arc::new(Clients::default());
+        let config = Arc::new(config);
+        let generation = Generation::build(config.clone(), &clients, &metrics).map_err(StartError::Build)?;
+        let state = Arc::new(ArcSwap::from_pointee(generation));
+        let ready = Readiness::default();
+
+        let app_listener = bind("listen", config.listen).await?;
+        let admin_listener = bind("admin_listen", config.admin_listen).await?;
+        let app_addr = app_listener.local_addr().map_err(|source| StartError::Bind { what: "listen", addr: config.listen, source })?;
+        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { what: "admin_listen", addr: config.admin_listen, source })?;
+
+        let (stop, stop_rx) = watch::channel(false);
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let ids = Arc::new(RequestIds::default());
+        let proxy = Proxy::new(state.clone(), ids.clone());
+        let app_task = tokio::spawn(serve_app(
+            app_listener,
+            proxy,
+            ids,
+            config.limits.clone(),
+            config.drain_timeout,
+            stopped(stop_rx),
+        ));
+        let admin_task = tokio::spawn(serve_admin(admin_listener, metrics.clone(), ready.clone(), stopped(admin_stop_rx)));
+        let upkeep = metrics.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                upkeep.run_upkeep();
+            }
+        });
+
+        ready.set(true);
+        tracing::info!(listen = %app_addr, admin = %admin_addr, upstreams = config.upstreams.len(), "outpost ready");
+        Ok(App {
+            app_addr,
+            admin_addr,
+            metrics,
+            ready,
+            config_path: config.path.clone(),
+            state,
+            clients,
+            stop,
+            app_task,
+            admin_stop,
+            admin_task,
+        })
+    }
+
+    /// The config now serving.
+    pub fn config(&self) -> Arc<Config> {
+        self.state.load().config.clone()
+    }
+
+    /// Swap in a new config atomically; requests in flight finish on the old one.
+    pub fn apply(&self, config: Config) -> Result<(), String> {
+        let generation = Generation::build(Arc::new(config), &self.clients, &self.metrics)?;
+        self.state.store(Arc::new(generation));
+        Ok(())
+    }
+
+    /// Re-read the config file (and its secrets). An invalid file keeps the old config serving.
+    pub fn reload(&self) -> bool {
+        let result = config::load(&self.config_path)
+            .map_err(|e| e.to_string())
+            .and_then(|config| self.apply(config));
+        match result {
+            Ok(()) => {
+                self.metrics.config_reload(true);
+                tracing::info!(file = %self.config_path.display(), "config reloaded");
+                true
+            }
+            Err(error) => {
+                self.metrics.config_reload(false);
+                tracing::error!(file = %self.config_path.display(), %error, "config reload failed; keeping the previous config");
+                false
+            }
+        }
+    }
+
+    /// Turn readiness off, stop accepting, drain in-flight requests, close the admin listener.
+    pub async fn shutdown(self) {
+        self.ready.set(false);
+        let _ = self.stop.send(true);
+        let _ = self.app_task.await;
+        let _ = self.admin_stop.send(true);
+        let _ = self.admin_task.await;
+    }
+}
+
+/// `outpost run`: serve until SIGTERM or SIGINT. Returns the process exit code.
+pub async fn run(config_path: &Path) -> i32 {
+    let config = match config::load(config_path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("{e}");
+            tracing::error!(file = %config_path.display(), "invalid config");
+            return 1;
+        }
+    };
+    let app = match App::start(config).await {
+        Ok(app) => app,
+        Err(e) => {
+            eprintln!("outpost: {e}");
+            return 1;
+        }
+    };
+    wait_for_signals(&app).await;
+    tracing::info!("shutting down: draining in-flight requests");
+    app.shutdown().await;
+    tracing::info!("stopped");
+    0
+}
+
+#[cfg(unix)]
+async fn wait_for_signals(app: &App) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
+    else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = int.recv() => return,
+            _ = hup.recv() => { app.reload(); }
+        }
+    }
+}
+
+#[cfg(not(unix))]
+async fn wait_for_signals(_app: &App) {
+    let _ = tokio::signal::ctrl_c().await;
+}

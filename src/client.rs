@@ -1,0 +1,148 @@
+//! The upstream HTTP client: one pooled hyper-util client per distinct transport setting
+//! (connect timeout, HTTP mode, extra CA file), shared by every upstream that uses it and kept
+//! across config reloads so warm connections survive. rustls with the webpki roots, plus an
+//! optional per-upstream `tls.ca_file`; HTTP/1.1 and HTTP/2 chosen by ALPN on TLS.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+
+use crate::body::BoxBody;
+use crate::config::{HttpMode, Upstream};
+
+pub type HttpClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+
+/// How long an idle pooled connection is kept (below the usual 60-120 s server keep-alive).
+const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
+const POOL_MAX_IDLE_PER_HOST: usize = 256;
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct ClientKey {
+    connect_timeout: Duration,
+    http: HttpMode,
+    ca_file: Option<PathBuf>,
+    /// Content of the CA file when it was read, so a rotated CA builds a new client.
+    ca_fingerprint: u64,
+}
+
+/// Clients shared across upstreams and config generations.
+#[derive(Default)]
+pub struct Clients {
+    cache: Mutex<HashMap<ClientKey, HttpClient>>,
+}
+
+impl Clients {
+    /// The client for an upstream's transport settings, built on first use.
+    pub fn for_upstream(&self, upstream: &Upstream) -> Result<HttpClient, String> {
+        let ca = match &upstream.tls_ca_file {
+            Some(path) => Some((
+                path.clone(),
+                std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?,
+            )),
+            None => None,
+        };
+        let key = ClientKey {
+            connect_timeout: upstream.connect_timeout,
+            http: upstream.http,
+            ca_file: ca.as_ref().map(|(p, _)| p.clone()),
+            ca_fingerprint: ca.as_ref().map_or(0, |(_, bytes)| fingerprint(bytes)),
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(client) = cache.get(&key) {
+            return Ok(client.clone());
+        }
+        let client = build(
+            upstream.connect_timeout,
+            upstream.http,
+            ca.as_ref().map(|(p, _)| p.as_path()),
+        )?;
+        cache.insert(key, client.clone());
+        Ok(client)
+    }
+}
+
+fn fingerprint(bytes: &[u8]) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    bytes.hash(&mut h);
+    h.finish()
+}
+
+/// Read PEM certificates from a CA file (at least one).
+pub fn load_ca_file(
+    path: &Path,
+) -> Result<Vec<rustls::pki_types::CertificateDer<'static>>, String> {
+    let data = std::fs::read(path)
+        .map_err(|e| format!("cannot read CA file {}: {}", path.display(), e.kind()))?;
+    let certs: Vec<_> = rustls_pemfile::certs(&mut data.as_slice())
+        .collect::<Result<_, _>>()
+        .map_err(|_| format!("CA file {} is not valid PEM", path.display()))?;
+    if certs.is_empty() {
+        return Err(format!("CA file {} holds no certificate", path.display()));
+    }
+    Ok(certs)
+}
+
+fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    if let Some(path) = ca_file {
+        for cert in load_ca_file(path)? {
+            roots
+                .add(cert)
+                .map_err(|e| format!("CA file {}: {e}", path.display()))?;
+        }
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(config)
+}
+
+fn build(
+    connect_timeout: Duration,
+    http: HttpMode,
+    ca_file: Option<&Path>,
+) -> Result<HttpClient, String> {
+    let mut connector = HttpConnector::new();
+    connector.enforce_http(false);
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(connect_timeout));
+    connector.set_keepalive(Some(Duration::from_secs(30)));
+
+    let builder = HttpsConnectorBuilder::new()
+        .with_tls_config(tls_config(ca_file)?)
+        .https_or_http();
+    let https = match http {
+        HttpMode::Auto => builder
+            .enable_http1()
+            .enable_http2()
+            .wrap_connector(connector),
+        HttpMode::Http1 => builder.enable_http1().wrap_connector(connector),
+        HttpMode::Http2 => builder.enable_http2().wrap_connector(connector),
+    };
+
+    let mut client = Client::builder(TokioExecutor::new());
+    client
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
+        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        // Keep the request's header case as sent? No: HTTP/1 header names are case-insensitive.
+        .http2_adaptive_window(true)
+        .http2_keep_alive_interval(Some(Duration::from_secs(30)))
+        .http2_keep_alive_while_idle(false);
+    if http == HttpMode::Http2 {
+        client.http2_only(true);
+    }
+    Ok(client.build(https))
+}

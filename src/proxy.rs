@@ -1,0 +1,195 @@
+//! The application-facing service: request id → checks → route → upstream stack, then the one
+//! place errors become responses, metrics, and the access log line.
+//!
+//! The config generation is read once per request from an `ArcSwap`, so a reload never
+//! changes the upstream under a request in flight.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
+use http::{Method, Request, Response, Version};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use tokio::time::Instant;
+
+use crate::body::{boxed, BoxBody};
+use crate::client::Clients;
+use crate::config::{Config, Limits};
+use crate::error::{ProxyError, X_REQUEST_ID};
+use crate::metrics::{Metrics, UpstreamMetrics, NO_UPSTREAM};
+use crate::route::Router;
+use crate::stack::{headers::wants_upgrade, Outbound, UpstreamStack};
+
+/// Everything built from one config: the router and one stack per upstream.
+pub struct Generation {
+    pub config: Arc<Config>,
+    router: Router,
+    upstreams: Vec<Arc<UpstreamStack>>,
+    unknown: UpstreamMetrics,
+}
+
+impl Generation {
+    pub fn build(config: Arc<Config>, clients: &Clients, metrics: &Metrics) -> Result<Self, String> {
+        let router = Router::new(config.upstreams.iter().map(|u| (u.name.as_str(), u.hosts.as_slice())));
+        let upstreams = config
+            .upstreams
+            .iter()
+            .map(|u| UpstreamStack::new(u.clone(), clients, metrics).map(Arc::new))
+            .collect::<Result<_, _>>()?;
+        Ok(Generation { config, router, upstreams, unknown: UpstreamMetrics::new(metrics, NO_UPSTREAM) })
+    }
+
+    fn limits(&self) -> &Limits {
+        &self.config.limits
+    }
+}
+
+/// Request ids: the application's `x-request-id` when it is sane, else a process prefix and a
+/// counter (cheap, unique within the process, unguessable across restarts).
+pub struct RequestIds {
+    prefix: String,
+    next: AtomicU64,
+}
+
+impl Default for RequestIds {
+    fn default() -> Self {
+        RequestIds { prefix: format!("{:08x}", rand::random::<u32>()), next: AtomicU64::new(1) }
+    }
+}
+
+impl RequestIds {
+    pub fn next(&self) -> String {
+        format!("{}-{:x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+    }
+
+    fn for_request<B>(&self, req: &Request<B>) -> String {
+        if let Some(id) = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
+            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+                return id.to_string();
+            }
+        }
+        self.next()
+    }
+}
+
+/// The app listener's service. Cheap to clone (one per connection).
+#[derive(Clone)]
+pub struct Proxy {
+    state: Arc<ArcSwap<Generation>>,
+    ids: Arc<RequestIds>,
+}
+
+impl Proxy {
+    pub fn new(state: Arc<ArcSwap<Generation>>, ids: Arc<RequestIds>) -> Self {
+        Proxy { state, ids }
+    }
+
+    pub async fn serve(self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
+        Ok(self.handle(req).await)
+    }
+
+    pub async fn handle(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
+        let start = Instant::now();
+        let generation = self.state.load_full();
+        let request_id = self.ids.for_request(&req);
+        let method = req.method().clone();
+        let uri = req.uri().clone();
+
+        let routed = check_target(&req).and_then(|()| {
+            let host = match req.version() {
+                Version::HTTP_2 | Version::HTTP_3 => uri.authority().map(|a| a.as_str()),
+                _ => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
+            };
+            generation.router.route(host, uri.path()).map(|r| (r.index, r.rest.to_string()))
+        });
+        let (stack, rest_path) = match routed {
+            Ok((index, rest)) => (Some(generation.upstreams[index].clone()), rest),
+            Err(e) => {
+                return self.finish(&generation, None, &method, uri.path(), &request_id, start, 0, Err(e));
+            }
+        };
+        let stack = stack.expect("routed");
+        stack.metrics.in_flight.increment(1.0);
+
+        let limit = generation.limits().max_body_bytes;
+        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let (result, attempts) = match (limit, declared) {
+            (Some(limit), Some(len)) if len > limit => (Err(ProxyError::PayloadTooLarge { limit }), 0),
+            _ => {
+                let upgrade = (req.version() == Version::HTTP_11 && wants_upgrade(req.headers()))
+                    .then(|| hyper::upgrade::on(&mut req));
+                let request = match limit {
+                    Some(limit) => req.map(|b| boxed(Limited::new(b, limit as usize))),
+                    None => req.map(|b| b.map_err(Into::into).boxed_unsync()),
+                };
+                stack.call(Outbound { request, rest_path, upgrade, body_limit: limit }).await
+            }
+        };
+        stack.metrics.in_flight.decrement(1.0);
+        self.finish(&generation, Some(&stack), &method, uri.path(), &request_id, start, attempts, result)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &self,
+        generation: &Generation,
+        stack: Option<&UpstreamStack>,
+        method: &Method,
+        path: &str,
+        request_id: &str,
+        start: Instant,
+        attempts: u32,
+        result: Result<Response<BoxBody>, ProxyError>,
+    ) -> Response<BoxBody> {
+        let upstream = stack.map(|s| s.config.name.as_str());
+        let response = match result {
+            Ok(mut response) => {
+                if let Ok(id) = HeaderValue::from_str(request_id) {
+                    response.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
+                }
+                response
+            }
+            Err(err) => {
+                let level_error = err.status().is_server_error();
+                let cause = crate::error::chain(&err);
+                if level_error {
+                    tracing::warn!(request_id, upstream = upstream.unwrap_or(NO_UPSTREAM), error = %cause, "request failed");
+                } else {
+                    tracing::debug!(request_id, upstream = upstream.unwrap_or(NO_UPSTREAM), error = %cause, "request refused");
+                }
+                err.to_response(upstream, request_id)
+            }
+        };
+        let status = response.status().as_u16();
+        let elapsed = start.elapsed();
+        let metrics = stack.map_or(&generation.unknown, |s| &s.metrics);
+        metrics.request(method, status);
+        metrics.duration.record(elapsed.as_secs_f64());
+        tracing::info!(
+            target: "outpost::access",
+            request_id,
+            upstream = upstream.unwrap_or(NO_UPSTREAM),
+            method = method.as_str(),
+            path,
+            status,
+            attempts,
+            duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        );
+        response
+    }
+}
+
+/// Outpost is not a forward proxy: only origin-form targets (and HTTP/2's own pseudo-headers).
+fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
+    if req.method() == Method::CONNECT {
+        return Err(ProxyError::BadRequest("CONNECT is not supported: Outpost is not a forward proxy"));
+    }
+    let http2 = matches!(req.version(), Version::HTTP_2 | Version::HTTP_3);
+    if !http2 && (req.uri().scheme().is_some() || req.uri().authority().is_some()) {
+        return Err(ProxyError::BadRequest("absolute-form request targets are not supported: send /<upstream>/<path>"));
+    }
+    Ok(())
+}

@@ -1,0 +1,143 @@
+//! Hop-by-hop and topology headers (RFC 9110 §7.6.1, REFERENCE.md "Proxy hardening").
+//!
+//! Toward the upstream: every header named in `Connection`, then the hop-by-hop set (keeping
+//! `TE: trailers`, which gRPC needs), `Host` (the client sets the upstream's), and `Forwarded`,
+//! `X-Forwarded-*` and `Via` so the pod's internal topology does not leak to third parties.
+//! Toward the application: the hop-by-hop set of the upstream's response.
+
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, HOST, TE, UPGRADE};
+
+static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
+static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+static VIA: HeaderName = HeaderName::from_static("via");
+
+/// Remove the headers named in `Connection` (except `upgrade` when tunnelling an upgrade).
+fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
+    if !headers.contains_key(CONNECTION) {
+        return;
+    }
+    let named: Vec<HeaderName> = headers
+        .get_all(CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .filter(|name| !(upgrade && name == UPGRADE))
+        // `Connection: te` must not remove the `TE: trailers` gRPC depends on.
+        .filter(|name| name != TE)
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+}
+
+fn remove_hop_by_hop(headers: &mut HeaderMap, upgrade: bool) {
+    remove_connection_named(headers, upgrade);
+    headers.remove(CONNECTION);
+    headers.remove(&KEEP_ALIVE);
+    headers.remove(&PROXY_CONNECTION);
+    headers.remove(http::header::TRANSFER_ENCODING);
+    headers.remove(http::header::TRAILER);
+    headers.remove(http::header::PROXY_AUTHENTICATE);
+    headers.remove(http::header::PROXY_AUTHORIZATION);
+    if upgrade {
+        headers.insert(CONNECTION, HeaderValue::from_static("upgrade"));
+    } else {
+        headers.remove(UPGRADE);
+    }
+}
+
+/// Clean the application's request headers before they go to a third party.
+pub fn sanitize_request(headers: &mut HeaderMap, upgrade: bool) {
+    let te_trailers = headers
+        .get(TE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+    remove_hop_by_hop(headers, upgrade);
+    headers.remove(TE);
+    if te_trailers {
+        headers.insert(TE, HeaderValue::from_static("trailers"));
+    }
+    headers.remove(HOST);
+    headers.remove(&FORWARDED);
+    headers.remove(&VIA);
+    let forwarded: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| name.as_str().starts_with("x-forwarded-"))
+        .cloned()
+        .collect();
+    for name in forwarded {
+        headers.remove(name);
+    }
+}
+
+/// Clean the upstream's response headers before they go to the application.
+pub fn sanitize_response(headers: &mut HeaderMap, upgrade: bool) {
+    remove_hop_by_hop(headers, upgrade);
+}
+
+/// True when the request asks for a protocol upgrade (WebSocket and friends).
+pub fn wants_upgrade(headers: &HeaderMap) -> bool {
+    headers.contains_key(UPGRADE)
+        && headers
+            .get_all(CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn map(pairs: &[(&str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    #[test]
+    fn strips_hop_by_hop_and_topology() {
+        let mut h = map(&[
+            ("connection", "close, x-secret-hop"),
+            ("x-secret-hop", "1"),
+            ("keep-alive", "timeout=5"),
+            ("proxy-connection", "keep-alive"),
+            ("proxy-authorization", "Basic abc"),
+            ("te", "gzip"),
+            ("trailer", "x"),
+            ("upgrade", "websocket"),
+            ("host", "127.0.0.1:8080"),
+            ("forwarded", "for=10.0.0.1"),
+            ("x-forwarded-for", "10.0.0.1"),
+            ("x-forwarded-proto", "http"),
+            ("via", "1.1 mesh"),
+            ("accept", "application/json"),
+        ]);
+        sanitize_request(&mut h, false);
+        let names: Vec<&str> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["accept"]);
+    }
+
+    #[test]
+    fn keeps_te_trailers_for_grpc() {
+        let mut h = map(&[("te", "trailers"), ("connection", "te")]);
+        sanitize_request(&mut h, false);
+        assert_eq!(h.get("te").unwrap(), "trailers");
+        assert!(h.get("connection").is_none());
+    }
+
+    #[test]
+    fn keeps_upgrade_when_tunnelling() {
+        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        assert!(wants_upgrade(&h));
+        sanitize_request(&mut h, true);
+        assert_eq!(h.get("upgrade").unwrap(), "websocket");
+        assert_eq!(h.get("connection").unwrap(), "upgrade");
+        assert_eq!(h.get("sec-websocket-key").unwrap(), "k");
+    }
+}
