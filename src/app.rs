@@ -24,7 +24,11 @@ use crate::server::serve_app;
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
     #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind { what: &'static str, addr: SocketAddr, source: std::io::Error },
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
     #[error("{0}")]
     Build(String),
 }
@@ -45,13 +49,13 @@ pub struct App {
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
-    TcpListener::bind(addr).await.map_err(|source| StartError::Bind { what, addr, source })
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-fn stopped(mut rx: watch::Receiver<bool>) -> impl std::future::Future<Output = ()> {
-    async move {
-        let _ = rx.wait_for(|stop| *stop).await;
-    }
+async fn stopped(mut rx: watch::Receiver<bool>) {
+    let _ = rx.wait_for(|stop| *stop).await;
 }
 
 impl App {
@@ -60,14 +64,27 @@ impl App {
         let metrics = Metrics::new();
         let clients = Arc::new(Clients::default());
         let config = Arc::new(config);
-        let generation = Generation::build(config.clone(), &clients, &metrics).map_err(StartError::Build)?;
+        let generation =
+            Generation::build(config.clone(), &clients, &metrics).map_err(StartError::Build)?;
         let state = Arc::new(ArcSwap::from_pointee(generation));
         let ready = Readiness::default();
 
         let app_listener = bind("listen", config.listen).await?;
         let admin_listener = bind("admin_listen", config.admin_listen).await?;
-        let app_addr = app_listener.local_addr().map_err(|source| StartError::Bind { what: "listen", addr: config.listen, source })?;
-        let admin_addr = admin_listener.local_addr().map_err(|source| StartError::Bind { what: "admin_listen", addr: config.admin_listen, source })?;
+        let app_addr = app_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "listen",
+                addr: config.listen,
+                source,
+            })?;
+        let admin_addr = admin_listener
+            .local_addr()
+            .map_err(|source| StartError::Bind {
+                what: "admin_listen",
+                addr: config.admin_listen,
+                source,
+            })?;
 
         let (stop, stop_rx) = watch::channel(false);
         let (admin_stop, admin_stop_rx) = watch::channel(false);
@@ -81,7 +98,12 @@ impl App {
             config.drain_timeout,
             stopped(stop_rx),
         ));
-        let admin_task = tokio::spawn(serve_admin(admin_listener, metrics.clone(), ready.clone(), stopped(admin_stop_rx)));
+        let admin_task = tokio::spawn(serve_admin(
+            admin_listener,
+            metrics.clone(),
+            ready.clone(),
+            stopped(admin_stop_rx),
+        ));
         let upkeep = metrics.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
@@ -176,9 +198,11 @@ pub async fn run(config_path: &Path) -> i32 {
 #[cfg(unix)]
 async fn wait_for_signals(app: &App) {
     use tokio::signal::unix::{signal, SignalKind};
-    let (Ok(mut term), Ok(mut int), Ok(mut hup)) =
-        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()), signal(SignalKind::hangup()))
-    else {
+    let (Ok(mut term), Ok(mut int), Ok(mut hup)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) else {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };

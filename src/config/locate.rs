@@ -37,7 +37,8 @@ fn child(path: &str, key: &str) -> String {
 impl Recorder {
     /// Called for every node; returns the path of the node when it is a value.
     fn node(&mut self, scalar_key: Option<&str>, mark: Marker) -> Option<String> {
-        let pos = (mark.line(), mark.col());
+        // yaml-rust2 lines are 1-based, columns 0-based.
+        let pos = (mark.line(), mark.col() + 1);
         match self.stack.last_mut() {
             None => Some(String::new()),
             Some(Frame::Mapping { path, key }) => match key.take() {
