@@ -4,30 +4,20 @@
 use std::fmt::Write;
 
 use crate::config::units::{format_duration, format_size};
-use crate::config::{Auth, Config, ErrorMode, HttpMode, Upstream};
+use crate::config::{Auth, Config, HttpMode, Upstream};
 
 /// Config features parsed and validated, whose behaviour is not active in this build.
 /// Each is named in `check` output when a config uses it, instead of being silently ignored.
 fn inactive_features(up: &Upstream) -> Vec<&'static str> {
     let mut out = Vec::new();
-    if up.rate_limit.is_some() {
-        out.push("rate_limit");
-    }
-    if up.retry.max_attempts > 1 {
-        out.push("retry");
-    }
-    if up.circuit_breaker.is_some() {
-        out.push("circuit_breaker");
-    }
-    if up.errors == ErrorMode::Normalize {
-        out.push("errors: normalize");
+    if up.rate_limit.as_ref().is_some_and(|rl| rl.shared.is_some()) {
+        out.push("rate_limit.shared (limits are per replica)");
     }
     match &up.auth {
         Some(Auth::OAuth2ClientCredentials(_)) => out.push("auth: oauth2_client_credentials"),
         Some(Auth::AwsSigv4(_)) => out.push("auth: aws_sigv4"),
         Some(Auth::StandardWebhooks { .. }) => out.push("auth: standard_webhooks"),
         Some(Auth::HmacSignature(_)) => out.push("auth: hmac_signature"),
-        Some(a) if a.pool_size() > 1 => out.push("key pool health (keys rotate round robin only)"),
         _ => {}
     }
     out
@@ -36,7 +26,9 @@ fn inactive_features(up: &Upstream) -> Vec<&'static str> {
 fn auth_summary(up: &Upstream) -> String {
     match &up.auth {
         None => "none".into(),
-        Some(auth) if auth.pool_size() > 1 => format!("{} ({} keys)", auth.kind().name(), auth.pool_size()),
+        Some(auth) if auth.pool_size() > 1 => {
+            format!("{} ({} keys)", auth.kind().name(), auth.pool_size())
+        }
         Some(Auth::Header { name, .. }) => format!("header {name}"),
         Some(Auth::Query { name, .. }) => format!("query {name}"),
         Some(auth) => auth.kind().name().to_string(),
@@ -44,9 +36,16 @@ fn auth_summary(up: &Upstream) -> String {
 }
 
 fn rate_summary(up: &Upstream) -> String {
-    let Some(rl) = &up.rate_limit else { return "-".into() };
+    let Some(rl) = &up.rate_limit else {
+        return "-".into();
+    };
     let unit = if rl.per.as_secs() == 60 { "min" } else { "s" };
-    let mut s = format!("{}/{unit} burst {} wait {}", rl.requests, rl.burst, format_duration(rl.max_wait));
+    let mut s = format!(
+        "{}/{unit} burst {} wait {}",
+        rl.requests,
+        rl.burst,
+        format_duration(rl.max_wait)
+    );
     if let Some(n) = rl.max_in_flight {
         let _ = write!(s, " in-flight {n}");
     }
@@ -81,11 +80,24 @@ fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     }
     let mut out = String::new();
     let line = |out: &mut String, cells: Vec<&str>| {
-        let padded: Vec<String> = cells.iter().enumerate().map(|(i, c)| format!("{c:<w$}", w = widths[i])).collect();
+        let padded: Vec<String> = cells
+            .iter()
+            .enumerate()
+            .map(|(i, c)| format!("{c:<w$}", w = widths[i]))
+            .collect();
         let _ = writeln!(out, "  {}", padded.join("  ").trim_end());
     };
     line(&mut out, header.to_vec());
-    line(&mut out, widths.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>().iter().map(String::as_str).collect());
+    line(
+        &mut out,
+        widths
+            .iter()
+            .map(|w| "-".repeat(*w))
+            .collect::<Vec<_>>()
+            .iter()
+            .map(String::as_str)
+            .collect(),
+    );
     for row in rows {
         line(&mut out, row.iter().map(String::as_str).collect());
     }
@@ -113,7 +125,9 @@ pub fn summary(config: &Config) -> String {
             if !up.hosts.is_empty() {
                 let _ = write!(route, " + host {}", up.hosts.join(","));
             }
-            let preset = up.preset.map_or(String::new(), |p| format!(" (preset {})", p.name()));
+            let preset = up
+                .preset
+                .map_or(String::new(), |p| format!(" (preset {})", p.name()));
             let timeouts = format!(
                 "{}/{}/{}",
                 format_duration(up.connect_timeout),
@@ -138,7 +152,16 @@ pub fn summary(config: &Config) -> String {
         })
         .collect();
     out.push_str(&table(
-        &["upstream", "route", "base url", "auth", "rate limit", "retry", "timeouts c/a/t", "http"],
+        &[
+            "upstream",
+            "route",
+            "base url",
+            "auth",
+            "rate limit",
+            "retry",
+            "timeouts c/a/t",
+            "http",
+        ],
         &rows,
     ));
     if !config.webhooks.is_empty() {
@@ -157,13 +180,27 @@ pub fn summary(config: &Config) -> String {
                 ]
             })
             .collect();
-        out.push_str(&table(&["webhook", "path", "scheme", "secrets", "tolerance", "forward to"], &rows));
+        out.push_str(&table(
+            &[
+                "webhook",
+                "path",
+                "scheme",
+                "secrets",
+                "tolerance",
+                "forward to",
+            ],
+            &rows,
+        ));
     }
     let mut notes = Vec::new();
     for up in &config.upstreams {
         let inactive = inactive_features(up);
         if !inactive.is_empty() {
-            notes.push(format!("upstream {}: {} parsed but not active in this build", up.name, inactive.join(", ")));
+            notes.push(format!(
+                "upstream {}: {} parsed but not active in this build",
+                up.name,
+                inactive.join(", ")
+            ));
         }
     }
     if !config.webhooks.is_empty() && !WEBHOOKS_ACTIVE {

@@ -15,6 +15,10 @@ pub const OAUTH_TOKEN_REFRESHES_TOTAL: &str = "outpost_oauth_token_refreshes_tot
 pub const WEBHOOKS_TOTAL: &str = "outpost_webhooks_total";
 pub const CONFIG_RELOADS_TOTAL: &str = "outpost_config_reloads_total";
 pub const BUILD_INFO: &str = "outpost_build_info";
+/// Extension: requests waiting in an upstream's rate-limit queue.
+pub const RATE_LIMIT_QUEUED: &str = "outpost_rate_limit_queued";
+/// Extension: 1 while a pooled key is in rotation, 0 once the upstream rejected it (401/403).
+pub const AUTH_KEY_HEALTHY: &str = "outpost_auth_key_healthy";
 
 /// Every metric name Outpost exports (used by tests that check dashboards and alerts).
 pub const ALL: &[&str] = &[
@@ -29,6 +33,8 @@ pub const ALL: &[&str] = &[
     WEBHOOKS_TOTAL,
     CONFIG_RELOADS_TOTAL,
     BUILD_INFO,
+    RATE_LIMIT_QUEUED,
+    AUTH_KEY_HEALTHY,
 ];
 
 use std::collections::HashMap;
@@ -36,7 +42,9 @@ use std::sync::{Arc, RwLock};
 
 use http::Method;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
-use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder};
+use metrics_exporter_prometheus::{
+    Matcher, PrometheusBuilder, PrometheusHandle, PrometheusRecorder,
+};
 
 /// Latency buckets (seconds): sidecar overhead is sub-millisecond, third-party calls take
 /// tens of milliseconds to tens of seconds.
@@ -63,14 +71,23 @@ impl Default for Metrics {
 impl Metrics {
     pub fn new() -> Self {
         let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(Matcher::Full(REQUEST_DURATION_SECONDS.into()), DURATION_BUCKETS)
+            .set_buckets_for_metric(
+                Matcher::Full(REQUEST_DURATION_SECONDS.into()),
+                DURATION_BUCKETS,
+            )
             .expect("static bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
-        let metrics = Metrics { recorder: Arc::new(recorder), handle };
+        let metrics = Metrics {
+            recorder: Arc::new(recorder),
+            handle,
+        };
         metrics.describe();
         metrics
-            .gauge(BUILD_INFO, vec![Label::new("version", env!("CARGO_PKG_VERSION"))])
+            .gauge(
+                BUILD_INFO,
+                vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+            )
             .set(1.0);
         metrics
     }
@@ -78,17 +95,55 @@ impl Metrics {
     fn describe(&self) {
         let r = &self.recorder;
         let d = |name: &'static str| metrics::KeyName::from_const_str(name);
-        r.describe_counter(d(REQUESTS_TOTAL), None, "Requests answered to the application, by upstream, method and status.".into());
-        r.describe_histogram(d(REQUEST_DURATION_SECONDS), Some(Unit::Seconds), "Time from request to response headers, retries included.".into());
-        r.describe_counter(d(UPSTREAM_ATTEMPTS_TOTAL), None, "Attempts sent to an upstream, by outcome.".into());
+        r.describe_counter(
+            d(REQUESTS_TOTAL),
+            None,
+            "Requests answered to the application, by upstream, method and status.".into(),
+        );
+        r.describe_histogram(
+            d(REQUEST_DURATION_SECONDS),
+            Some(Unit::Seconds),
+            "Time from request to response headers, retries included.".into(),
+        );
+        r.describe_counter(
+            d(UPSTREAM_ATTEMPTS_TOTAL),
+            None,
+            "Attempts sent to an upstream, by outcome.".into(),
+        );
         r.describe_counter(d(RETRIES_TOTAL), None, "Retries, by reason.".into());
-        r.describe_counter(d(RATE_LIMITED_TOTAL), None, "Requests held back by a rate limit, by source (local or upstream).".into());
-        r.describe_gauge(d(IN_FLIGHT_REQUESTS), None, "Requests being handled now, by upstream.".into());
-        r.describe_gauge(d(CIRCUIT_OPEN), None, "1 while an upstream's circuit breaker is open.".into());
-        r.describe_counter(d(OAUTH_TOKEN_REFRESHES_TOTAL), None, "OAuth2 token fetches, by result.".into());
-        r.describe_counter(d(WEBHOOKS_TOTAL), None, "Inbound webhook deliveries, by result.".into());
-        r.describe_counter(d(CONFIG_RELOADS_TOTAL), None, "Config reloads, by result.".into());
+        r.describe_counter(
+            d(RATE_LIMITED_TOTAL),
+            None,
+            "Requests held back by a rate limit, by source (local or upstream).".into(),
+        );
+        r.describe_gauge(
+            d(IN_FLIGHT_REQUESTS),
+            None,
+            "Requests being handled now, by upstream.".into(),
+        );
+        r.describe_gauge(
+            d(CIRCUIT_OPEN),
+            None,
+            "1 while an upstream's circuit breaker is open.".into(),
+        );
+        r.describe_counter(
+            d(OAUTH_TOKEN_REFRESHES_TOTAL),
+            None,
+            "OAuth2 token fetches, by result.".into(),
+        );
+        r.describe_counter(
+            d(WEBHOOKS_TOTAL),
+            None,
+            "Inbound webhook deliveries, by result.".into(),
+        );
+        r.describe_counter(
+            d(CONFIG_RELOADS_TOTAL),
+            None,
+            "Config reloads, by result.".into(),
+        );
         r.describe_gauge(d(BUILD_INFO), None, "Build information; always 1.".into());
+        r.describe_gauge(d(RATE_LIMIT_QUEUED), None, "Requests waiting in an upstream's rate-limit queue.".into());
+        r.describe_gauge(d(AUTH_KEY_HEALTHY), None, "1 while a pooled key is in rotation, 0 once the upstream rejected it.".into());
     }
 
     /// Prometheus text exposition.
@@ -102,20 +157,26 @@ impl Metrics {
     }
 
     pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
-        self.recorder.register_counter(&Key::from_parts(name, labels), &METADATA)
+        self.recorder
+            .register_counter(&Key::from_parts(name, labels), &METADATA)
     }
 
     pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
-        self.recorder.register_gauge(&Key::from_parts(name, labels), &METADATA)
+        self.recorder
+            .register_gauge(&Key::from_parts(name, labels), &METADATA)
     }
 
     pub fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
-        self.recorder.register_histogram(&Key::from_parts(name, labels), &METADATA)
+        self.recorder
+            .register_histogram(&Key::from_parts(name, labels), &METADATA)
     }
 
     pub fn config_reload(&self, ok: bool) {
-        self.counter(CONFIG_RELOADS_TOTAL, vec![Label::new("result", if ok { "ok" } else { "error" })])
-            .increment(1);
+        self.counter(
+            CONFIG_RELOADS_TOTAL,
+            vec![Label::new("result", if ok { "ok" } else { "error" })],
+        )
+        .increment(1);
     }
 }
 
@@ -177,12 +238,26 @@ impl UpstreamMetrics {
     pub fn labelled(&self, name: &'static str, key: &'static str, value: &'static str) -> Counter {
         self.metrics.counter(
             name,
-            vec![Label::new("upstream", self.upstream.to_string()), Label::new(key, value)],
+            vec![
+                Label::new("upstream", self.upstream.to_string()),
+                Label::new(key, value),
+            ],
         )
     }
 
     pub fn gauge(&self, name: &'static str) -> Gauge {
-        self.metrics.gauge(name, vec![Label::new("upstream", self.upstream.to_string())])
+        self.metrics.gauge(
+            name,
+            vec![Label::new("upstream", self.upstream.to_string())],
+        )
+    }
+
+    /// A gauge of this upstream with one more label (e.g. a key's pool index).
+    pub fn gauge_with(&self, name: &'static str, key: &'static str, value: String) -> Gauge {
+        self.metrics.gauge(
+            name,
+            vec![Label::new("upstream", self.upstream.to_string()), Label::new(key, value)],
+        )
     }
 }
 
@@ -215,10 +290,18 @@ mod tests {
         up.request(&Method::from_bytes(b"BREW").unwrap(), 418);
         up.duration.record(0.02);
         let text = metrics.render();
-        assert!(text.contains(r#"outpost_requests_total{upstream="stripe",method="GET",status="200"} 2"#), "{text}");
+        assert!(
+            text.contains(
+                r#"outpost_requests_total{upstream="stripe",method="GET",status="200"} 2"#
+            ),
+            "{text}"
+        );
         assert!(text.contains(r#"method="OTHER",status="418""#), "{text}");
         assert!(text.contains(r#"outpost_build_info{version=""#), "{text}");
-        assert!(text.contains("outpost_request_duration_seconds_bucket"), "{text}");
+        assert!(
+            text.contains("outpost_request_duration_seconds_bucket"),
+            "{text}"
+        );
         assert!(text.contains("# HELP outpost_requests_total"), "{text}");
     }
 }

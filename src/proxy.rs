@@ -32,14 +32,28 @@ pub struct Generation {
 }
 
 impl Generation {
-    pub fn build(config: Arc<Config>, clients: &Clients, metrics: &Metrics) -> Result<Self, String> {
-        let router = Router::new(config.upstreams.iter().map(|u| (u.name.as_str(), u.hosts.as_slice())));
+    pub fn build(
+        config: Arc<Config>,
+        clients: &Clients,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
+        let router = Router::new(
+            config
+                .upstreams
+                .iter()
+                .map(|u| (u.name.as_str(), u.hosts.as_slice())),
+        );
         let upstreams = config
             .upstreams
             .iter()
             .map(|u| UpstreamStack::new(u.clone(), clients, metrics).map(Arc::new))
             .collect::<Result<_, _>>()?;
-        Ok(Generation { config, router, upstreams, unknown: UpstreamMetrics::new(metrics, NO_UPSTREAM) })
+        Ok(Generation {
+            config,
+            router,
+            upstreams,
+            unknown: UpstreamMetrics::new(metrics, NO_UPSTREAM),
+        })
     }
 
     fn limits(&self) -> &Limits {
@@ -56,18 +70,34 @@ pub struct RequestIds {
 
 impl Default for RequestIds {
     fn default() -> Self {
-        RequestIds { prefix: format!("{:08x}", rand::random::<u32>()), next: AtomicU64::new(1) }
+        RequestIds {
+            prefix: format!("{:08x}", rand::random::<u32>()),
+            next: AtomicU64::new(1),
+        }
     }
 }
 
 impl RequestIds {
     pub fn next(&self) -> String {
-        format!("{}-{:x}", self.prefix, self.next.fetch_add(1, Ordering::Relaxed))
+        format!(
+            "{}-{:x}",
+            self.prefix,
+            self.next.fetch_add(1, Ordering::Relaxed)
+        )
     }
 
     fn for_request<B>(&self, req: &Request<B>) -> String {
-        if let Some(id) = req.headers().get(&X_REQUEST_ID).and_then(|v| v.to_str().ok()) {
-            if !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b)) {
+        if let Some(id) = req
+            .headers()
+            .get(&X_REQUEST_ID)
+            .and_then(|v| v.to_str().ok())
+        {
+            if !id.is_empty()
+                && id.len() <= 128
+                && id
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            {
                 return id.to_string();
             }
         }
@@ -103,21 +133,39 @@ impl Proxy {
                 Version::HTTP_2 | Version::HTTP_3 => uri.authority().map(|a| a.as_str()),
                 _ => req.headers().get(HOST).and_then(|h| h.to_str().ok()),
             };
-            generation.router.route(host, uri.path()).map(|r| (r.index, r.rest.to_string()))
+            generation
+                .router
+                .route(host, uri.path())
+                .map(|r| (r.index, r.rest.to_string()))
         });
         let (stack, rest_path) = match routed {
             Ok((index, rest)) => (Some(generation.upstreams[index].clone()), rest),
             Err(e) => {
-                return self.finish(&generation, None, &method, uri.path(), &request_id, start, 0, Err(e));
+                return self.finish(
+                    &generation,
+                    None,
+                    &method,
+                    uri.path(),
+                    &request_id,
+                    start,
+                    0,
+                    Err(e),
+                );
             }
         };
         let stack = stack.expect("routed");
         stack.metrics.in_flight.increment(1.0);
 
         let limit = generation.limits().max_body_bytes;
-        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok());
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
         let (result, attempts) = match (limit, declared) {
-            (Some(limit), Some(len)) if len > limit => (Err(ProxyError::PayloadTooLarge { limit }), 0),
+            (Some(limit), Some(len)) if len > limit => {
+                (Err(ProxyError::PayloadTooLarge { limit }), 0)
+            }
             _ => {
                 let upgrade = (req.version() == Version::HTTP_11 && wants_upgrade(req.headers()))
                     .then(|| hyper::upgrade::on(&mut req));
@@ -125,11 +173,28 @@ impl Proxy {
                     Some(limit) => req.map(|b| boxed(Limited::new(b, limit as usize))),
                     None => req.map(|b| b.map_err(Into::into).boxed_unsync()),
                 };
-                stack.call(Outbound { request, rest_path, upgrade, body_limit: limit }).await
+                stack
+                    .call(Outbound {
+                        request,
+                        rest_path,
+                        upgrade,
+                        body_limit: limit,
+                    request_id: request_id.clone(),
+                    })
+                    .await
             }
         };
         stack.metrics.in_flight.decrement(1.0);
-        self.finish(&generation, Some(&stack), &method, uri.path(), &request_id, start, attempts, result)
+        self.finish(
+            &generation,
+            Some(&stack),
+            &method,
+            uri.path(),
+            &request_id,
+            start,
+            attempts,
+            result,
+        )
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -185,11 +250,15 @@ impl Proxy {
 /// Outpost is not a forward proxy: only origin-form targets (and HTTP/2's own pseudo-headers).
 fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
     if req.method() == Method::CONNECT {
-        return Err(ProxyError::BadRequest("CONNECT is not supported: Outpost is not a forward proxy"));
+        return Err(ProxyError::BadRequest(
+            "CONNECT is not supported: Outpost is not a forward proxy",
+        ));
     }
     let http2 = matches!(req.version(), Version::HTTP_2 | Version::HTTP_3);
     if !http2 && (req.uri().scheme().is_some() || req.uri().authority().is_some()) {
-        return Err(ProxyError::BadRequest("absolute-form request targets are not supported: send /<upstream>/<path>"));
+        return Err(ProxyError::BadRequest(
+            "absolute-form request targets are not supported: send /<upstream>/<path>",
+        ));
     }
     Ok(())
 }

@@ -1,70 +1,52 @@
 //! One upstream's request path, outer to inner, on one screen:
 //!
 //! ```text
-//! total timeout → attempt timeout → auth → client
+//! total timeout → circuit breaker → retry (policy + budget + backoff)
+//!   → rate limit (per key) → attempt timeout → auth → client
 //! ```
 //!
-//! (Issue #3 inserts circuit breaker → retry → rate limit between the two timeouts.) Auth is
-//! innermost, so nothing outside it holds a secret. [`UpstreamStack::call`] receives a request
-//! that is already routed and checked, and returns the upstream's response or a
-//! [`ProxyError`]; turning errors into responses happens once, in `proxy.rs`.
+//! then `errors: normalize` on the way back. Auth is innermost, so nothing outside it holds a
+//! secret; the limiter sits inside retry because the upstream counts every attempt; the breaker
+//! sits outside retry, so one logical request is one success or failure. [`UpstreamStack::call`]
+//! receives a request that is already routed and checked, and returns the upstream's response
+//! or a [`ProxyError`]; turning errors into responses happens once, in `proxy.rs`.
 
 pub mod auth;
+pub mod breaker;
 pub mod headers;
+pub mod normalize;
+pub mod ratelimit;
+pub mod retry;
+pub mod retry_after;
 
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::time::{Duration, SystemTime};
 
 use http::header::HeaderValue;
+use http::request::Parts;
 use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
+use metrics::{Counter, Gauge};
+use tokio::time::Instant;
 
-use crate::body::{boxed, BoxBody, BoxError};
-use crate::client::{Clients, HttpClient};
-use crate::config::Upstream;
-use crate::error::{classify_status, FailureKind, ProxyError, X_OUTPOST_ERROR};
-use crate::metrics::{Metrics, UpstreamMetrics, UPSTREAM_ATTEMPTS_TOTAL};
 use self::auth::{upstream_uri, Credentials};
+use self::breaker::{Breaker, Permit, Transition};
+use self::ratelimit::{Admission, Limiter, Rejected};
+use self::retry::{Reason, ReplayBody, RetryPolicy};
+use crate::body::{boxed, BoxBody, BoxError, Guarded};
+use crate::client::{Clients, HttpClient};
+use crate::config::{ErrorMode, Upstream};
+use crate::error::{classify_status, FailureKind, ProxyError, X_OUTPOST_ERROR};
+use crate::metrics::{
+    Metrics, UpstreamMetrics, AUTH_KEY_HEALTHY, CIRCUIT_OPEN, RATE_LIMITED_TOTAL,
+    RATE_LIMIT_QUEUED, RETRIES_TOTAL, UPSTREAM_ATTEMPTS_TOTAL,
+};
 
-/// Everything one upstream needs per request, built once per config generation.
-pub struct UpstreamStack {
-    pub config: Arc<Upstream>,
-    client: HttpClient,
-    credentials: Option<Credentials>,
-    pub metrics: UpstreamMetrics,
-    attempt_outcomes: AttemptCounters,
-}
-
-struct AttemptCounters {
-    response: metrics::Counter,
-    connect_error: metrics::Counter,
-    timeout: metrics::Counter,
-    tls_error: metrics::Counter,
-    other_error: metrics::Counter,
-}
-
-impl AttemptCounters {
-    fn new(m: &UpstreamMetrics) -> Self {
-        let c = |v| m.labelled(UPSTREAM_ATTEMPTS_TOTAL, "outcome", v);
-        AttemptCounters {
-            response: c("response"),
-            connect_error: c("connect_error"),
-            timeout: c("timeout"),
-            tls_error: c("tls_error"),
-            other_error: c("other_error"),
-        }
-    }
-
-    fn failure(&self, kind: FailureKind) {
-        match kind {
-            FailureKind::Connect => &self.connect_error,
-            FailureKind::Tls => &self.tls_error,
-            FailureKind::Timeout => &self.timeout,
-            FailureKind::Other => &self.other_error,
-        }
-        .increment(1);
-    }
-}
+/// An upstream's pause request is honoured up to this long (GitHub resets can be an hour away).
+const MAX_UPSTREAM_PAUSE: Duration = Duration::from_secs(3600);
 
 /// The request as it leaves the application, with the routing result.
 pub struct Outbound {
@@ -75,39 +57,303 @@ pub struct Outbound {
     pub upgrade: Option<OnUpgrade>,
     /// `limits.max_body_bytes`, when the body is wrapped in a limit.
     pub body_limit: Option<u64>,
+    /// For normalized error bodies.
+    pub request_id: String,
 }
+
+/// One key of the credential pool (a single slot when there is no pool).
+struct KeySlot {
+    limiter: Limiter,
+    removed: AtomicBool,
+    healthy: Gauge,
+}
+
+struct Counters {
+    attempt_response: Counter,
+    attempt_connect_error: Counter,
+    attempt_timeout: Counter,
+    attempt_tls_error: Counter,
+    attempt_other_error: Counter,
+    retry_status: Counter,
+    retry_connect_error: Counter,
+    retry_timeout: Counter,
+    limited_local: Counter,
+    limited_upstream: Counter,
+    circuit_open: Gauge,
+}
+
+impl Counters {
+    fn new(m: &UpstreamMetrics) -> Self {
+        let attempt = |v| m.labelled(UPSTREAM_ATTEMPTS_TOTAL, "outcome", v);
+        let retry = |v| m.labelled(RETRIES_TOTAL, "reason", v);
+        let limited = |v| m.labelled(RATE_LIMITED_TOTAL, "source", v);
+        let circuit_open = m.gauge(CIRCUIT_OPEN);
+        circuit_open.set(0.0);
+        Counters {
+            attempt_response: attempt("response"),
+            attempt_connect_error: attempt("connect_error"),
+            attempt_timeout: attempt("timeout"),
+            attempt_tls_error: attempt("tls_error"),
+            attempt_other_error: attempt("other_error"),
+            retry_status: retry(Reason::Status.label()),
+            retry_connect_error: retry(Reason::ConnectError.label()),
+            retry_timeout: retry(Reason::Timeout.label()),
+            limited_local: limited("local"),
+            limited_upstream: limited("upstream"),
+            circuit_open,
+        }
+    }
+
+    fn failure(&self, kind: FailureKind) {
+        match kind {
+            FailureKind::Connect => &self.attempt_connect_error,
+            FailureKind::Tls => &self.attempt_tls_error,
+            FailureKind::Timeout => &self.attempt_timeout,
+            FailureKind::Other => &self.attempt_other_error,
+        }
+        .increment(1);
+    }
+
+    fn retry(&self, reason: Reason) {
+        match reason {
+            Reason::Status | Reason::AuthRefresh => &self.retry_status,
+            Reason::ConnectError => &self.retry_connect_error,
+            Reason::Timeout => &self.retry_timeout,
+        }
+        .increment(1);
+    }
+}
+
+/// Everything one upstream needs per request, built once per config generation.
+pub struct UpstreamStack {
+    pub config: Arc<Upstream>,
+    client: HttpClient,
+    credentials: Option<Credentials>,
+    keys: Vec<KeySlot>,
+    next_key: AtomicUsize,
+    retry: RetryPolicy,
+    breaker: Option<Breaker>,
+    pub metrics: UpstreamMetrics,
+    counters: Counters,
+}
+
+/// What one attempt produced.
+type Attempt = Result<Response<Incoming>, ProxyError>;
 
 impl UpstreamStack {
     pub fn new(config: Arc<Upstream>, clients: &Clients, metrics: &Metrics) -> Result<Self, String> {
         let client = clients.for_upstream(&config)?;
         let credentials = config.auth.as_ref().map(Credentials::new);
         let upstream_metrics = UpstreamMetrics::new(metrics, &config.name);
-        let attempt_outcomes = AttemptCounters::new(&upstream_metrics);
-        Ok(UpstreamStack { config, client, credentials, metrics: upstream_metrics, attempt_outcomes })
+        let queued = upstream_metrics.gauge(RATE_LIMIT_QUEUED);
+        let pool = config.auth.as_ref().map_or(1, |a| a.pool_size()).max(1);
+        let keys = (0..pool)
+            .map(|i| {
+                let healthy = upstream_metrics.gauge_with(AUTH_KEY_HEALTHY, "key", i.to_string());
+                healthy.set(1.0);
+                KeySlot {
+                    limiter: Limiter::with_gauge(config.rate_limit.as_ref(), Some(queued.clone())),
+                    removed: AtomicBool::new(false),
+                    healthy,
+                }
+            })
+            .collect();
+        let counters = Counters::new(&upstream_metrics);
+        Ok(UpstreamStack {
+            retry: RetryPolicy::new(config.retry.clone(), config.provider),
+            breaker: config.circuit_breaker.clone().map(Breaker::new),
+            config,
+            client,
+            credentials,
+            keys,
+            next_key: AtomicUsize::new(0),
+            metrics: upstream_metrics,
+            counters,
+        })
     }
 
-    /// Forward one request. Returns the response and the number of attempts made.
+    fn name(&self) -> String {
+        self.config.name.clone()
+    }
+
+    /// Forward one request. Returns the response and the number of attempts sent upstream.
     pub async fn call(&self, outbound: Outbound) -> (Result<Response<BoxBody>, ProxyError>, u32) {
-        let total = self.config.timeout;
-        match tokio::time::timeout(total, self.attempt(outbound)).await {
-            Ok(result) => (result, 1),
+        let deadline = Instant::now() + self.config.timeout;
+        let permit = match &self.breaker {
+            Some(breaker) => match breaker.allow() {
+                Ok(permit) => Some(permit),
+                Err(retry_after) => return (Err(ProxyError::CircuitOpen { upstream: self.name(), retry_after }), 0),
+            },
+            None => None,
+        };
+        let request_id = outbound.request_id.clone();
+        let mut attempts = 0;
+        let result = match tokio::time::timeout_at(deadline, self.forward(outbound, deadline, &mut attempts)).await {
+            Ok(result) => result,
             Err(_) => {
-                self.attempt_outcomes.failure(FailureKind::Timeout);
-                (Err(ProxyError::Timeout { upstream: self.config.name.clone(), total: true }), 1)
+                self.counters.attempt_timeout.increment(1);
+                Err(ProxyError::Timeout { upstream: self.name(), total: true })
             }
+        };
+        if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
+            self.record_breaker(breaker, permit, &result);
+        }
+        let result = match result {
+            Ok(response) if self.config.errors == ErrorMode::Normalize && response.status().as_u16() >= 400 => {
+                Ok(normalize::normalize(response, &self.config.name, &request_id, self.config.provider).await)
+            }
+            other => other,
+        };
+        (result, attempts)
+    }
+
+    fn record_breaker(&self, breaker: &Breaker, permit: Permit, result: &Result<Response<BoxBody>, ProxyError>) {
+        let failed = match result {
+            Ok(response) => response.status().is_server_error(),
+            Err(ProxyError::Unreachable { .. } | ProxyError::Timeout { .. }) => true,
+            // Refused locally: the upstream was never asked, so it says nothing about its health.
+            Err(_) => {
+                breaker.abandon(permit);
+                return;
+            }
+        };
+        match breaker.record(permit, !failed) {
+            Transition::Opened => {
+                self.counters.circuit_open.set(1.0);
+                tracing::warn!(upstream = %self.config.name, open_for = ?self.config.circuit_breaker.as_ref().map(|c| c.open_for), "circuit breaker opened");
+            }
+            Transition::Closed => {
+                self.counters.circuit_open.set(0.0);
+                tracing::info!(upstream = %self.config.name, "circuit breaker closed");
+            }
+            Transition::None => {}
         }
     }
 
-    async fn attempt(&self, outbound: Outbound) -> Result<Response<BoxBody>, ProxyError> {
-        let Outbound { request, rest_path, upgrade, body_limit } = outbound;
-        let (mut parts, body) = request.into_parts();
-        let wants_upgrade = upgrade.is_some();
-        headers::sanitize_request(&mut parts.headers, wants_upgrade);
+    /// Pick the next usable key: round robin, skipping removed keys and preferring keys that
+    /// are not paused by an upstream 429.
+    fn pick_key(&self) -> Result<usize, ProxyError> {
+        let n = self.keys.len();
+        if n == 1 {
+            return Ok(0);
+        }
+        let start = self.next_key.fetch_add(1, Ordering::Relaxed);
+        let mut fallback: Option<(usize, Duration)> = None;
+        for i in 0..n {
+            let index = (start + i) % n;
+            let slot = &self.keys[index];
+            if slot.removed.load(Ordering::Relaxed) {
+                continue;
+            }
+            match slot.limiter.paused_for() {
+                None => return Ok(index),
+                Some(wait) if fallback.is_none_or(|(_, w)| wait < w) => fallback = Some((index, wait)),
+                Some(_) => {}
+            }
+        }
+        fallback.map(|(index, _)| index).ok_or_else(|| ProxyError::CredentialsUnavailable {
+            upstream: self.name(),
+            reason: "every key of the pool was rejected by the upstream (401/403)".into(),
+        })
+    }
 
+    fn live_keys(&self) -> usize {
+        self.keys.iter().filter(|k| !k.removed.load(Ordering::Relaxed)).count()
+    }
+
+    /// The retry loop: prepare once, then attempt until success, a final answer or no budget.
+    async fn forward(&self, outbound: Outbound, deadline: Instant, attempts: &mut u32) -> Result<Response<BoxBody>, ProxyError> {
+        let Outbound { request, rest_path, mut upgrade, body_limit, .. } = outbound;
+        let (mut parts, body) = request.into_parts();
+        let path_and_query = self.prepare(&mut parts, &rest_path, upgrade.is_some())?;
+        let safe = self.retry.is_safe(&parts.method, &parts.headers);
+
+        let mut body = if self.retry.enabled() && upgrade.is_none() {
+            ReplayBody::new(body, self.retry.config.max_body_bytes).await.map_err(|e| body_error(&*e, body_limit))?
+        } else {
+            ReplayBody::once(body)
+        };
+        self.retry.deposit();
+
+        let mut retries = 0u32;
+        loop {
+            let key = self.pick_key()?;
+            let admission = self.admit(key, deadline).await?;
+            let Some(attempt_body) = body.take() else {
+                return Err(ProxyError::BadRequest("request body cannot be sent again"));
+            };
+            *attempts += 1;
+            let request = self.build_request(&parts, &path_and_query, key, attempt_body)?;
+            let outcome = self.send(request, upgrade.take(), body_limit).await;
+
+            let last = retries + 1 >= self.retry.config.max_attempts || !body.replayable();
+            let decision = match &outcome {
+                Ok(response) => self.decide_response(key, response, safe, retries, last),
+                Err(err) => {
+                    let (retry_it, reason) = match err {
+                        // Nothing was sent: always safe.
+                        ProxyError::Unreachable { kind: FailureKind::Connect | FailureKind::Tls, .. } => (true, Reason::ConnectError),
+                        ProxyError::Unreachable { .. } => (safe, Reason::ConnectError),
+                        ProxyError::Timeout { total: false, .. } => (safe, Reason::Timeout),
+                        _ => (false, Reason::Status),
+                    };
+                    (!last && retry_it).then(|| (reason, self.retry.backoff(retries + 1)))
+                }
+            };
+            let Some((reason, delay)) = decision else {
+                return outcome.map(|r| self.finish(r, admission));
+            };
+            drop(admission);
+            if Instant::now() + delay >= deadline || !self.retry.withdraw() {
+                tracing::debug!(upstream = %self.config.name, "not retrying: deadline or retry budget");
+                return match outcome {
+                    Ok(response) => Ok(self.finish(response, None)),
+                    Err(e) => Err(e),
+                };
+            }
+            drop(outcome);
+            self.counters.retry(reason);
+            retries += 1;
+            tracing::debug!(upstream = %self.config.name, retry = retries, reason = reason.label(), delay_ms = delay.as_millis() as u64, "retrying");
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    /// Should this upstream answer be retried, and after how long? `None`: return it.
+    fn decide_response(&self, key: usize, response: &Response<Incoming>, safe: bool, retries: u32, last: bool) -> Option<(Reason, Duration)> {
+        let status = response.status();
+        let wait = self.observe_response(key, response);
+        let key_rejected = self.keys.len() > 1 && matches!(status.as_u16(), 401 | 403);
+        if key_rejected {
+            self.remove_key(key, status);
+        }
+        let retry_it = (key_rejected && self.live_keys() > 0) || self.retry.retry_status(status, response.headers(), safe);
+        if last || !retry_it {
+            return None;
+        }
+        if key_rejected {
+            return Some((Reason::AuthRefresh, Duration::ZERO));
+        }
+        // A key pool: the 429 paused only this key; another one serves at once.
+        let other_key_free = self.keys.len() > 1
+            && self.keys.iter().any(|k| !k.removed.load(Ordering::Relaxed) && k.limiter.paused_for().is_none());
+        let delay = match wait {
+            _ if status == StatusCode::TOO_MANY_REQUESTS && other_key_free => Duration::ZERO,
+            // The upstream asked for longer than we may wait: its answer goes back at once.
+            Some(wait) if self.retry.config.respect_retry_after && wait > self.retry.config.max_retry_after => return None,
+            Some(wait) if self.retry.config.respect_retry_after => wait,
+            _ => self.retry.backoff(retries + 1),
+        };
+        Some((Reason::Status, delay))
+    }
+
+    /// Header and path work done once per logical request.
+    fn prepare(&self, parts: &mut Parts, rest_path: &str, upgrade: bool) -> Result<String, ProxyError> {
+        headers::sanitize_request(&mut parts.headers, upgrade);
         let base = &self.config.base_url;
         let mut path_and_query = String::with_capacity(base.path.len() + rest_path.len() + 64);
         path_and_query.push_str(&base.path);
-        path_and_query.push_str(&rest_path);
+        path_and_query.push_str(rest_path);
         if path_and_query.is_empty() {
             path_and_query.push('/');
         }
@@ -122,18 +368,53 @@ impl UpstreamStack {
             credentials.strip(&mut parts.headers);
             if !credentials.is_static() {
                 return Err(ProxyError::CredentialsUnavailable {
-                    upstream: self.config.name.clone(),
-                    reason: format!("auth type `{}` is not supported by this build yet", self.config.auth.as_ref().map_or("", |a| a.kind().name())),
+                    upstream: self.name(),
+                    reason: format!(
+                        "auth type `{}` is not supported by this build yet",
+                        self.config.auth.as_ref().map_or("", |a| a.kind().name())
+                    ),
                 });
             }
-            credentials.apply(credentials.next_key(), &mut parts.headers, &mut path_and_query);
         }
-        parts.uri = upstream_uri(base, &path_and_query)
-            .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))?;
-        // The version is the upstream connection's business, not the application's.
-        parts.version = http::Version::HTTP_11;
-        let request = Request::from_parts(parts, body);
+        self.retry.add_idempotency_key(&parts.method, &mut parts.headers);
+        Ok(path_and_query)
+    }
 
+    /// Wait for the key's rate limit (and in-flight cap).
+    async fn admit(&self, key: usize, deadline: Instant) -> Result<Option<Admission>, ProxyError> {
+        match self.keys[key].limiter.acquire(Some(deadline)).await {
+            Ok(admission) => Ok(Some(admission)),
+            Err(Rejected::Local { retry_after }) => {
+                self.counters.limited_local.increment(1);
+                Err(ProxyError::RateLimited { upstream: self.name(), retry_after })
+            }
+            Err(Rejected::Upstream { retry_after }) => {
+                self.counters.limited_upstream.increment(1);
+                Err(ProxyError::UpstreamRateLimited { upstream: self.name(), retry_after })
+            }
+        }
+    }
+
+    /// The attempt's request: shared parts, the credential of pool key `key`, and the body.
+    fn build_request(&self, parts: &Parts, path_and_query: &str, key: usize, body: BoxBody) -> Result<Request<BoxBody>, ProxyError> {
+        let mut headers = parts.headers.clone();
+        let mut path_and_query = path_and_query.to_string();
+        if let Some(credentials) = &self.credentials {
+            credentials.apply(key, &mut headers, &mut path_and_query);
+        }
+        let uri = upstream_uri(&self.config.base_url, &path_and_query)
+            .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))?;
+        let mut request = Request::new(body);
+        *request.method_mut() = parts.method.clone();
+        *request.uri_mut() = uri;
+        // The version is the upstream connection's business, not the application's.
+        *request.version_mut() = http::Version::HTTP_11;
+        *request.headers_mut() = headers;
+        Ok(request)
+    }
+
+    /// One attempt through the client, bounded by `attempt_timeout`.
+    async fn send(&self, request: Request<BoxBody>, upgrade: Option<OnUpgrade>, body_limit: Option<u64>) -> Attempt {
         let send = self.client.request(request);
         let mut response = match tokio::time::timeout(self.config.attempt_timeout, send).await {
             Ok(Ok(response)) => response,
@@ -143,39 +424,83 @@ impl UpstreamStack {
                     return Err(ProxyError::PayloadTooLarge { limit });
                 }
                 let kind = classify_failure(&*err);
-                self.attempt_outcomes.failure(kind);
+                self.counters.failure(kind);
                 tracing::debug!(upstream = %self.config.name, error = %crate::error::chain(&*err), "upstream attempt failed");
-                return Err(ProxyError::Unreachable { upstream: self.config.name.clone(), kind, source: Some(err) });
+                return Err(ProxyError::Unreachable { upstream: self.name(), kind, source: Some(err) });
             }
             Err(_) => {
-                self.attempt_outcomes.failure(FailureKind::Timeout);
-                return Err(ProxyError::Timeout { upstream: self.config.name.clone(), total: false });
+                self.counters.attempt_timeout.increment(1);
+                return Err(ProxyError::Timeout { upstream: self.name(), total: false });
             }
         };
-        self.attempt_outcomes.response.increment(1);
-
-        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
-        if let (true, Some(client_side)) = (switching, upgrade) {
+        self.counters.attempt_response.increment(1);
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(client_side)) = (response.status(), upgrade) {
             let upstream_side = hyper::upgrade::on(&mut response);
-            let name = self.config.name.clone();
-            tokio::spawn(async move {
-                match tokio::try_join!(client_side, upstream_side) {
-                    Ok((client_io, upstream_io)) => {
-                        let mut client_io = TokioIo::new(client_io);
-                        let mut upstream_io = TokioIo::new(upstream_io);
-                        if let Err(e) = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await {
-                            tracing::debug!(upstream = %name, error = %e, "upgraded connection ended");
-                        }
-                    }
-                    Err(e) => tracing::debug!(upstream = %name, error = %e, "upgrade failed"),
-                }
-            });
+            tokio::spawn(tunnel(self.name(), client_side, upstream_side));
         }
+        Ok(response)
+    }
+
+    /// Upstream backpressure: a 429 (or a 503 naming a time) pauses this key's limiter.
+    /// Returns the wait the upstream asked for.
+    fn observe_response(&self, key: usize, response: &Response<Incoming>) -> Option<Duration> {
+        let status = response.status();
+        let wait = retry_after::requested_wait(response.headers(), self.config.provider, SystemTime::now());
+        if status == StatusCode::TOO_MANY_REQUESTS {
+            let pause = wait.or(self.config.provider.default_429_wait_secs.map(Duration::from_secs));
+            if let Some(pause) = pause {
+                self.keys[key].limiter.pause_until(Instant::now() + pause.min(MAX_UPSTREAM_PAUSE));
+            }
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            if let Some(pause) = wait {
+                self.keys[key].limiter.pause_until(Instant::now() + pause.min(MAX_UPSTREAM_PAUSE));
+            }
+        }
+        wait
+    }
+
+    fn remove_key(&self, key: usize, status: StatusCode) {
+        if !self.keys[key].removed.swap(true, Ordering::Relaxed) {
+            self.keys[key].healthy.set(0.0);
+            tracing::error!(upstream = %self.config.name, key_index = key, status = status.as_u16(),
+                "upstream rejected a pooled key; it is out of rotation until the config is reloaded");
+        }
+    }
+
+    /// The response for the application: hop-by-hop headers removed, error class added, the
+    /// in-flight slot held until the body ends.
+    fn finish(&self, mut response: Response<Incoming>, admission: Option<Admission>) -> Response<BoxBody> {
+        let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::sanitize_response(response.headers_mut(), switching);
         if let Some(kind) = classify_status(response.status()) {
             response.headers_mut().insert(X_OUTPOST_ERROR.clone(), HeaderValue::from_static(kind));
         }
-        Ok(response.map(boxed))
+        match admission {
+            Some(admission) => response.map(|b| boxed(Guarded::new(b, admission))),
+            None => response.map(boxed),
+        }
+    }
+}
+
+/// Copy bytes both ways once both sides of an upgrade are ready.
+async fn tunnel(upstream: String, client_side: OnUpgrade, upstream_side: OnUpgrade) {
+    match tokio::try_join!(client_side, upstream_side) {
+        Ok((client_io, upstream_io)) => {
+            let mut client_io = TokioIo::new(client_io);
+            let mut upstream_io = TokioIo::new(upstream_io);
+            if let Err(e) = tokio::io::copy_bidirectional(&mut client_io, &mut upstream_io).await {
+                tracing::debug!(%upstream, error = %e, "upgraded connection ended");
+            }
+        }
+        Err(e) => tracing::debug!(%upstream, error = %e, "upgrade failed"),
+    }
+}
+
+/// A request body that could not be read while buffering it for retries.
+fn body_error(err: &(dyn std::error::Error + 'static), body_limit: Option<u64>) -> ProxyError {
+    match (body_limit, body_limit_hit(err)) {
+        (Some(limit), true) => ProxyError::PayloadTooLarge { limit },
+        _ => ProxyError::BadRequest("request body could not be read"),
     }
 }
 

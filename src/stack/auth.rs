@@ -15,7 +15,11 @@ use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use crate::config::{Auth, Secret};
 
 /// RFC 3986 unreserved characters stay as they are; everything else is percent-encoded.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC.remove(b'-').remove(b'.').remove(b'_').remove(b'~');
+const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
 
 /// What to put on each request, computed once per config generation.
 #[derive(Debug)]
@@ -27,7 +31,10 @@ pub struct Credentials {
 #[derive(Debug)]
 enum Inject {
     /// A header with one value per pooled key.
-    Header { name: HeaderName, values: Vec<HeaderValue> },
+    Header {
+        name: HeaderName,
+        values: Vec<HeaderValue>,
+    },
     /// A query parameter: the encoded name and one encoded value per pooled key.
     Query { name: String, values: Vec<Secret> },
     /// Auth types that sign or fetch tokens per request; handled by their own layer.
@@ -45,7 +52,10 @@ impl Credentials {
         let inject = match auth {
             Auth::Bearer { tokens } => Inject::Header {
                 name: AUTHORIZATION,
-                values: tokens.iter().filter_map(|t| sensitive(&format!("Bearer {}", t.expose()))).collect(),
+                values: tokens
+                    .iter()
+                    .filter_map(|t| sensitive(&format!("Bearer {}", t.expose())))
+                    .collect(),
             },
             Auth::Basic { username, password } => {
                 let pair = format!("{}:{}", username.expose(), password.expose());
@@ -57,7 +67,10 @@ impl Credentials {
             }
             Auth::Header { name, values } => Inject::Header {
                 name: name.clone(),
-                values: values.iter().filter_map(|v| sensitive(v.expose())).collect(),
+                values: values
+                    .iter()
+                    .filter_map(|v| sensitive(v.expose()))
+                    .collect(),
             },
             Auth::Query { name, values } => Inject::Query {
                 name: utf8_percent_encode(name, QUERY_VALUE).to_string(),
@@ -68,7 +81,10 @@ impl Credentials {
             },
             _ => Inject::NotStatic,
         };
-        Credentials { inject, next: AtomicUsize::new(0) }
+        Credentials {
+            inject,
+            next: AtomicUsize::new(0),
+        }
     }
 
     /// True when this layer injects the credential itself.
@@ -151,13 +167,20 @@ fn same_param(raw_key: &str, encoded_name: &str) -> bool {
     if raw_key == encoded_name {
         return true;
     }
-    let decoded_key = percent_encoding::percent_decode_str(&raw_key.replace('+', " ")).decode_utf8_lossy().into_owned();
-    let decoded_name = percent_encoding::percent_decode_str(encoded_name).decode_utf8_lossy().into_owned();
+    let decoded_key = percent_encoding::percent_decode_str(&raw_key.replace('+', " "))
+        .decode_utf8_lossy()
+        .into_owned();
+    let decoded_name = percent_encoding::percent_decode_str(encoded_name)
+        .decode_utf8_lossy()
+        .into_owned();
     decoded_key.eq_ignore_ascii_case(&decoded_name)
 }
 
 /// Build the upstream URI from the base URL and the forwarded path and query.
-pub fn upstream_uri(base: &crate::config::BaseUrl, path_and_query: &str) -> Result<Uri, http::Error> {
+pub fn upstream_uri(
+    base: &crate::config::BaseUrl,
+    path_and_query: &str,
+) -> Result<Uri, http::Error> {
     Uri::builder()
         .scheme(base.scheme.clone())
         .authority(base.authority.clone())
@@ -171,7 +194,9 @@ mod tests {
 
     #[test]
     fn bearer_strips_app_credentials_and_injects() {
-        let creds = Credentials::new(&Auth::Bearer { tokens: vec![Secret::new("sk_test_1")] });
+        let creds = Credentials::new(&Auth::Bearer {
+            tokens: vec![Secret::new("sk_test_1")],
+        });
         let mut h = HeaderMap::new();
         h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer app-own"));
         h.insert(PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
@@ -186,7 +211,10 @@ mod tests {
 
     #[test]
     fn basic_is_base64() {
-        let creds = Credentials::new(&Auth::Basic { username: Secret::new("AC1"), password: Secret::new("tok") });
+        let creds = Credentials::new(&Auth::Basic {
+            username: Secret::new("AC1"),
+            password: Secret::new("tok"),
+        });
         let mut h = HeaderMap::new();
         let mut pq = "/".to_string();
         creds.apply(0, &mut h, &mut pq);
@@ -195,14 +223,19 @@ mod tests {
 
     #[test]
     fn pool_round_robins() {
-        let creds = Credentials::new(&Auth::Bearer { tokens: vec![Secret::new("a"), Secret::new("b")] });
+        let creds = Credentials::new(&Auth::Bearer {
+            tokens: vec![Secret::new("a"), Secret::new("b")],
+        });
         let picks: Vec<usize> = (0..4).map(|_| creds.next_key()).collect();
         assert_eq!(picks, vec![0, 1, 0, 1]);
     }
 
     #[test]
     fn query_replaces_app_value_and_encodes() {
-        let creds = Credentials::new(&Auth::Query { name: "api_key".into(), values: vec![Secret::new("a b&c=d")] });
+        let creds = Credentials::new(&Auth::Query {
+            name: "api_key".into(),
+            values: vec![Secret::new("a b&c=d")],
+        });
         let mut h = HeaderMap::new();
         let mut pq = "/v1/x?api_key=mine&x=1&api%5Fkey=again&API_KEY=3".to_string();
         creds.apply(0, &mut h, &mut pq);

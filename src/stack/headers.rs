@@ -53,7 +53,10 @@ pub fn sanitize_request(headers: &mut HeaderMap, upgrade: bool) {
     let te_trailers = headers
         .get(TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|t| t.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("trailers"))
+        });
     remove_hop_by_hop(headers, upgrade);
     headers.remove(TE);
     if te_trailers {
@@ -95,7 +98,10 @@ mod tests {
     fn map(pairs: &[(&str, &str)]) -> HeaderMap {
         let mut h = HeaderMap::new();
         for (k, v) in pairs {
-            h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+            h.append(
+                HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
         }
         h
     }
@@ -133,7 +139,11 @@ mod tests {
 
     #[test]
     fn keeps_upgrade_when_tunnelling() {
-        let mut h = map(&[("connection", "Upgrade"), ("upgrade", "websocket"), ("sec-websocket-key", "k")]);
+        let mut h = map(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("sec-websocket-key", "k"),
+        ]);
         assert!(wants_upgrade(&h));
         sanitize_request(&mut h, true);
         assert_eq!(h.get("upgrade").unwrap(), "websocket");

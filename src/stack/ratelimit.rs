@@ -1,0 +1,356 @@
+//! Per-upstream (and per-key) rate limiting: a governor token bucket, a FIFO queue bounded by
+//! `max_wait`, an optional in-flight cap, and a pause set by the upstream's own 429s.
+//!
+//! Sits inside retry (the upstream counts every attempt). Time is `tokio::time`: governor runs
+//! on a clock built on tokio's `Instant`, and waits are `tokio::time::sleep`, so paused-time
+//! tests hold. Waiters are served in arrival order: the queue is a `tokio::sync::Mutex`, which
+//! is fair, and only the request at its head waits for the bucket.
+
+use std::num::NonZeroU32;
+use std::ops::Add;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use governor::clock::{Clock, Reference};
+use governor::middleware::NoOpMiddleware;
+use governor::nanos::Nanos;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
+
+use crate::config::RateLimit;
+
+/// tokio's clock for governor (follows `tokio::time::pause`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct TokioClock;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TokioInstant(Instant);
+
+impl Add<Nanos> for TokioInstant {
+    type Output = TokioInstant;
+    fn add(self, other: Nanos) -> TokioInstant {
+        TokioInstant(self.0 + Duration::from(other))
+    }
+}
+
+impl Reference for TokioInstant {
+    fn duration_since(&self, earlier: Self) -> Nanos {
+        self.0.saturating_duration_since(earlier.0).into()
+    }
+    fn saturating_sub(&self, duration: Nanos) -> Self {
+        TokioInstant(self.0.checked_sub(duration.into()).unwrap_or(self.0))
+    }
+}
+
+impl Clock for TokioClock {
+    type Instant = TokioInstant;
+    fn now(&self) -> TokioInstant {
+        TokioInstant(Instant::now())
+    }
+}
+
+type Bucket = RateLimiter<NotKeyed, InMemoryState, TokioClock, NoOpMiddleware<TokioInstant>>;
+
+/// Counts a waiter in the queue (and its gauge) for as long as it lives, cancellation included.
+struct Queued<'a>(&'a Limiter);
+
+impl<'a> Queued<'a> {
+    fn enter(limiter: &'a Limiter) -> Self {
+        limiter.queued.fetch_add(1, Ordering::Relaxed);
+        if let Some(g) = &limiter.queued_gauge {
+            g.increment(1.0);
+        }
+        Queued(limiter)
+    }
+}
+
+impl Drop for Queued<'_> {
+    fn drop(&mut self) {
+        self.0.queued.fetch_sub(1, Ordering::Relaxed);
+        if let Some(g) = &self.0.queued_gauge {
+            g.decrement(1.0);
+        }
+    }
+}
+
+/// `start + budget`, saturating far in the future.
+fn far(start: Instant, budget: Duration) -> Instant {
+    start.checked_add(budget).unwrap_or_else(|| start + Duration::from_secs(86_400 * 365))
+}
+
+/// Why a request was not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Rejected {
+    /// The local budget would make it wait longer than `max_wait`.
+    Local { retry_after: Duration },
+    /// The upstream asked for a pause (429) longer than `max_wait`.
+    Upstream { retry_after: Duration },
+}
+
+/// Holds an in-flight slot until dropped (attach it to the response body).
+#[derive(Debug)]
+pub struct Admission {
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// One bucket with its queue: per upstream, or per key of a key pool.
+pub struct Limiter {
+    bucket: Option<Bucket>,
+    /// Interval between tokens, for the queue-length estimate.
+    interval: Duration,
+    max_wait: Duration,
+    queue: tokio::sync::Mutex<()>,
+    queued: AtomicUsize,
+    queued_gauge: Option<metrics::Gauge>,
+    in_flight: Option<Arc<Semaphore>>,
+    paused_until: Mutex<Option<Instant>>,
+}
+
+impl Limiter {
+    /// A limiter for `config`, or a pause-only limiter (no local budget) when `None`.
+    pub fn new(config: Option<&RateLimit>) -> Self {
+        Self::with_gauge(config, None)
+    }
+
+    /// A limiter that reports its queue length on `queued_gauge`.
+    pub fn with_gauge(config: Option<&RateLimit>, queued_gauge: Option<metrics::Gauge>) -> Self {
+        let (bucket, interval, max_wait, in_flight) = match config {
+            Some(rl) => {
+                let interval = Duration::from_secs_f64(rl.per.as_secs_f64() / rl.requests).max(Duration::from_nanos(1));
+                let burst = NonZeroU32::new(rl.burst).unwrap_or(NonZeroU32::MIN);
+                let quota = Quota::with_period(interval).map(|q| q.allow_burst(burst));
+                let bucket = quota.map(|q| RateLimiter::direct_with_clock(q, TokioClock));
+                (bucket, interval, rl.max_wait, rl.max_in_flight.map(|n| Arc::new(Semaphore::new(n as usize))))
+            }
+            // Pause-only: without a local budget, requests wait out an upstream pause for as
+            // long as their own deadline allows.
+            None => (None, Duration::ZERO, Duration::MAX, None),
+        };
+        Limiter {
+            bucket,
+            interval,
+            max_wait,
+            queue: tokio::sync::Mutex::new(()),
+            queued: AtomicUsize::new(0),
+            queued_gauge,
+            in_flight,
+            paused_until: Mutex::new(None),
+        }
+    }
+
+    /// Requests waiting in the queue now.
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    /// Pause every request until `until` (the upstream said 429 / Retry-After).
+    pub fn pause_until(&self, until: Instant) {
+        let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        if paused.is_none_or(|p| p < until) {
+            *paused = Some(until);
+        }
+    }
+
+    /// Time left on an upstream pause.
+    pub fn paused_for(&self) -> Option<Duration> {
+        let paused = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
+        paused.and_then(|p| p.checked_duration_since(Instant::now())).filter(|d| !d.is_zero())
+    }
+
+    /// Wait for a slot: FIFO, at most `max_wait` (which is also capped by `deadline`).
+    pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Admission, Rejected> {
+        let start = Instant::now();
+        let mut budget = self.max_wait;
+        if let Some(d) = deadline {
+            budget = budget.min(d.saturating_duration_since(start));
+        }
+        // Upstream pause first: it applies whether or not a local budget is configured, and a
+        // paused request joins the queue so arrival order still holds.
+        let paused = self.paused_for();
+        if let Some(wait) = paused {
+            if wait > budget {
+                return Err(Rejected::Upstream { retry_after: wait });
+            }
+        }
+        if self.bucket.is_none() && self.in_flight.is_none() {
+            if let Some(wait) = paused {
+                tokio::time::sleep(wait).await;
+            }
+            return Ok(Admission { _permit: None });
+        }
+        if paused.is_some() {
+            self.wait_in_queue(start, budget).await?;
+            return self.in_flight_slot(start, budget).await;
+        }
+
+        // Estimate before queueing so an overloaded upstream answers 429 at once.
+        let ahead = self.queued.load(Ordering::Relaxed) as u32;
+        if let Some(bucket) = &self.bucket {
+            let bucket_wait = match bucket.check() {
+                Ok(()) if ahead == 0 => {
+                    return self.in_flight_slot(start, budget).await;
+                }
+                Ok(()) => {
+                    // We took a token that belongs to a waiter ahead of us; there is no
+                    // "un-check", so count it as ours and queue behind the others anyway.
+                    Duration::ZERO
+                }
+                Err(not_until) => not_until.wait_time_from(TokioClock.now()),
+            };
+            let estimate = bucket_wait + self.interval * ahead;
+            if estimate > budget {
+                return Err(Rejected::Local { retry_after: estimate.max(self.interval) });
+            }
+            if bucket_wait.is_zero() {
+                return self.in_flight_slot(start, budget).await;
+            }
+        }
+
+        self.wait_in_queue(start, budget).await?;
+        self.in_flight_slot(start, budget).await
+    }
+
+    async fn wait_in_queue(&self, start: Instant, budget: Duration) -> Result<(), Rejected> {
+        let _queued = Queued::enter(self);
+        let deadline = far(start, budget);
+        let reject = || Rejected::Local { retry_after: self.interval.max(Duration::from_millis(1)) };
+        let _turn = tokio::time::timeout_at(deadline, self.queue.lock()).await.map_err(|_| reject())?;
+        let Some(bucket) = &self.bucket else { return Ok(()) };
+        loop {
+            if let Some(wait) = self.paused_for() {
+                if Instant::now() + wait > deadline {
+                    return Err(Rejected::Upstream { retry_after: wait });
+                }
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            match bucket.check() {
+                Ok(()) => return Ok(()),
+                Err(not_until) => {
+                    let wait = not_until.wait_time_from(TokioClock.now());
+                    if Instant::now() + wait > deadline {
+                        return Err(Rejected::Local { retry_after: wait });
+                    }
+                    tokio::time::sleep(wait).await;
+                }
+            }
+        }
+    }
+
+    async fn in_flight_slot(&self, start: Instant, budget: Duration) -> Result<Admission, Rejected> {
+        let Some(semaphore) = &self.in_flight else { return Ok(Admission { _permit: None }) };
+        if let Ok(permit) = semaphore.clone().try_acquire_owned() {
+            return Ok(Admission { _permit: Some(permit) });
+        }
+        let deadline = far(start, budget);
+        match tokio::time::timeout_at(deadline, semaphore.clone().acquire_owned()).await {
+            Ok(Ok(permit)) => Ok(Admission { _permit: Some(permit) }),
+            _ => Err(Rejected::Local { retry_after: self.interval.max(Duration::from_millis(100)) }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn limit(rps: f64, burst: u32, max_wait: Duration, max_in_flight: Option<u32>) -> Limiter {
+        Limiter::new(Some(&RateLimit {
+            requests: rps,
+            per: Duration::from_secs(1),
+            burst,
+            max_wait,
+            max_in_flight,
+            shared: None,
+        }))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn burst_then_queue_then_reject() {
+        let l = limit(10.0, 2, Duration::from_millis(250), None);
+        let start = Instant::now();
+        l.acquire(None).await.unwrap();
+        l.acquire(None).await.unwrap();
+        assert_eq!(Instant::now(), start, "burst is immediate");
+        l.acquire(None).await.unwrap();
+        let waited = Instant::now() - start;
+        assert!(waited >= Duration::from_millis(99) && waited <= Duration::from_millis(101), "{waited:?}");
+        // Bucket empty again; with max_wait 250ms one more fits, but not three ahead.
+        l.acquire(None).await.unwrap();
+        let now = Instant::now();
+        let r = l.acquire(Some(now + Duration::from_millis(50))).await;
+        assert!(matches!(r, Err(Rejected::Local { .. })), "{r:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn queue_is_fifo_and_bounded() {
+        let l = Arc::new(limit(10.0, 1, Duration::from_secs(1), None));
+        l.acquire(None).await.unwrap();
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let mut tasks = Vec::new();
+        for i in 0..5 {
+            let l = l.clone();
+            let order = order.clone();
+            tasks.push(tokio::spawn(async move {
+                let r = l.acquire(None).await;
+                order.lock().unwrap().push((i, r.is_ok(), Instant::now()));
+            }));
+            tokio::task::yield_now().await;
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let order = order.lock().unwrap();
+        let admitted: Vec<usize> = order.iter().filter(|(_, ok, _)| *ok).map(|(i, _, _)| *i).collect();
+        assert_eq!(admitted, vec![0, 1, 2, 3, 4], "{order:?}");
+        // Each 100 ms apart.
+        for w in order.windows(2) {
+            assert!(w[1].2 - w[0].2 >= Duration::from_millis(99), "{order:?}");
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn rejects_at_once_when_the_wait_is_too_long() {
+        let l = limit(1.0, 1, Duration::from_millis(500), None);
+        l.acquire(None).await.unwrap();
+        let start = Instant::now();
+        let r = l.acquire(None).await;
+        assert_eq!(Instant::now(), start, "rejection does not wait");
+        match r {
+            Err(Rejected::Local { retry_after }) => assert!(retry_after > Duration::from_millis(900), "{retry_after:?}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn upstream_pause_holds_everyone() {
+        let l = limit(100.0, 100, Duration::from_secs(5), None);
+        let start = Instant::now();
+        l.pause_until(start + Duration::from_secs(2));
+        l.acquire(None).await.unwrap();
+        assert!(Instant::now() - start >= Duration::from_secs(2));
+        // A pause longer than max_wait is rejected at once, as an upstream limit.
+        l.pause_until(Instant::now() + Duration::from_secs(10));
+        assert!(matches!(l.acquire(None).await, Err(Rejected::Upstream { .. })));
+        // Pause-only limiter (no rate_limit configured) still honours pauses.
+        let p = Limiter::new(None);
+        let t = Instant::now();
+        p.pause_until(t + Duration::from_secs(1));
+        p.acquire(None).await.unwrap();
+        assert!(Instant::now() - t >= Duration::from_secs(1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn in_flight_cap_queues_within_max_wait() {
+        let l = limit(1000.0, 1000, Duration::from_millis(300), Some(1));
+        let a = l.acquire(None).await.unwrap();
+        let start = Instant::now();
+        assert!(matches!(l.acquire(None).await, Err(Rejected::Local { .. })));
+        assert!(Instant::now() - start >= Duration::from_millis(300));
+        drop(a);
+        l.acquire(None).await.unwrap();
+    }
+}
