@@ -20,6 +20,7 @@ use crate::config::{self, Config};
 use crate::metrics::Metrics;
 use crate::proxy::{Generation, Proxy, RequestIds};
 use crate::server::serve_app;
+use crate::webhook::receiver::WebhookServer;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -37,6 +38,8 @@ pub enum StartError {
 pub struct App {
     pub app_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    /// Bound only when the config has `webhooks`.
+    pub webhook_addr: Option<SocketAddr>,
     pub metrics: Metrics,
     pub ready: Readiness,
     config_path: PathBuf,
@@ -46,6 +49,7 @@ pub struct App {
     app_task: JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: JoinHandle<()>,
+    webhooks: Option<WebhookServer>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -98,6 +102,7 @@ impl App {
             config.drain_timeout,
             stopped(stop_rx),
         ));
+        let webhooks = WebhookServer::start(&config, &metrics, stopped(stop.subscribe())).await?;
         let admin_task = tokio::spawn(serve_admin(
             admin_listener,
             metrics.clone(),
@@ -118,6 +123,7 @@ impl App {
         Ok(App {
             app_addr,
             admin_addr,
+            webhook_addr: webhooks.as_ref().map(|w| w.addr),
             metrics,
             ready,
             config_path: config.path.clone(),
@@ -127,6 +133,7 @@ impl App {
             app_task,
             admin_stop,
             admin_task,
+            webhooks,
         })
     }
 
@@ -138,6 +145,13 @@ impl App {
     /// Swap in a new config atomically; requests in flight finish on the old one.
     pub fn apply(&self, config: Config) -> Result<(), String> {
         let generation = Generation::build(Arc::new(config), &self.clients, &self.metrics)?;
+        match &self.webhooks {
+            Some(webhooks) => webhooks.apply(&generation.config)?,
+            None if !generation.config.webhooks.is_empty() => {
+                tracing::warn!("webhooks added by a reload are served after a restart (webhook_listen was not bound)");
+            }
+            None => {}
+        }
         self.state.store(Arc::new(generation));
         Ok(())
     }
@@ -166,6 +180,9 @@ impl App {
         self.ready.set(false);
         let _ = self.stop.send(true);
         let _ = self.app_task.await;
+        if let Some(webhooks) = self.webhooks {
+            let _ = webhooks.task.await;
+        }
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
     }

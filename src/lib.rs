@@ -20,3 +20,4 @@ pub mod app;
 pub mod telemetry;
 pub mod check;
 pub mod demo;
+pub mod webhook;

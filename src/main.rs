@@ -51,6 +51,11 @@ enum Command {
     },
     /// Run one mock upstream alone (for demos and your own tests).
     Mock(outpost::mock::MockArgs),
+    /// Sign a webhook body as a provider would, or verify a captured delivery.
+    Webhook {
+        #[command(subcommand)]
+        command: outpost::webhook::cli::WebhookCommand,
+    },
 }
 
 fn main() -> ExitCode {
@@ -69,6 +74,7 @@ fn main() -> ExitCode {
             Command::Check => check(&cli.config.path()),
             Command::Demo { listen, admin } => report(outpost::demo::run(listen, admin).await),
             Command::Mock(args) => report(outpost::mock::run(args).await),
+            Command::Webhook { command } => outpost::webhook::cli::run(command),
         }
     });
     ExitCode::from(code as u8)

@@ -266,6 +266,8 @@ impl UpstreamStack {
         let Outbound { request, rest_path, mut upgrade, body_limit, .. } = outbound;
         let (mut parts, body) = request.into_parts();
         let path_and_query = self.prepare(&mut parts, &rest_path, upgrade.is_some())?;
+        // Outbound webhook signing (standard_webhooks, hmac_signature): once per logical request.
+        let body = crate::webhook::sign::sign_request(&self.config, &mut parts.headers, body).await?;
         let safe = self.retry.is_safe(&parts.method, &parts.headers);
 
         let mut body = if self.retry.enabled() && upgrade.is_none() {
@@ -366,7 +368,7 @@ impl UpstreamStack {
         }
         if let Some(credentials) = &self.credentials {
             credentials.strip(&mut parts.headers);
-            if !credentials.is_static() {
+            if !credentials.is_static() && !self.config.auth.as_ref().is_some_and(crate::webhook::sign::signs) {
                 return Err(ProxyError::CredentialsUnavailable {
                     upstream: self.name(),
                     reason: format!(

@@ -1,0 +1,400 @@
+//! The webhook listener (`webhook_listen`, bound only when `webhooks:` is non-empty).
+//!
+//! ```text
+//! route by exact path (404 unknown_webhook) → body limit (413) → verify (400/401)
+//!   → replay cache (200 without forwarding) → forward to `forward_to` → application's answer
+//! ```
+//!
+//! Verified deliveries reach the application byte-identical, with the provider's headers (minus
+//! hop-by-hop ones) plus `x-outpost-webhook: <name>` and `x-outpost-verified: <scheme>`. When
+//! the application cannot be reached, or answers 5xx, the provider gets a 5xx and retries later;
+//! such a delivery is not remembered, so the retry is forwarded. The routes follow config
+//! reloads ([`WebhookServer::apply`]); the replay cache and the client outlive them.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use http::{Request, Response, StatusCode, Uri};
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::GracefulShutdown;
+use metrics::{Counter, Label};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::replay::{self, Claim, ReplayCache};
+use super::{now_unix, Rejection, Verified, Verifier};
+use crate::app::StartError;
+use crate::body::{boxed, full, BoxBody};
+use crate::config::{Config, Limits, Webhook};
+use crate::error::{ErrorBody, X_REQUEST_ID};
+use crate::metrics::{Metrics, WEBHOOKS_TOTAL};
+use crate::proxy::RequestIds;
+use crate::stack::headers::{sanitize_request, sanitize_response};
+
+pub static X_OUTPOST_WEBHOOK: HeaderName = HeaderName::from_static("x-outpost-webhook");
+pub static X_OUTPOST_VERIFIED: HeaderName = HeaderName::from_static("x-outpost-verified");
+pub static X_OUTPOST_REPLAYED: HeaderName = HeaderName::from_static("x-outpost-replayed");
+
+/// Longest wait for the application's response headers (providers give up after 10-30 s).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
+/// Replay window of schemes that sign no timestamp when `tolerance` is not set lower.
+const UNTIMESTAMPED_WINDOW: Duration = Duration::from_secs(300);
+
+type ForwardClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+
+/// The `result` label values of `outpost_webhooks_total` (DESIGN.md).
+const RESULTS: [&str; 7] = ["verified", "signature_missing", "signature_invalid", "stale", "replayed", "too_large", "forward_failed"];
+
+/// One configured webhook, ready to serve.
+pub struct Route {
+    pub hook: Arc<Webhook>,
+    verifier: Verifier,
+    counters: HashMap<&'static str, Counter>,
+}
+
+impl Route {
+    fn count(&self, result: &'static str) {
+        if let Some(c) = self.counters.get(result) {
+            c.increment(1);
+        }
+    }
+
+    /// How long an accepted delivery is remembered: the whole span its timestamp is accepted
+    /// (tolerance on both sides of now), or the tolerance (5 min by default) without one.
+    fn window(&self, verified: &Verified) -> Duration {
+        if verified.timestamped {
+            self.hook.tolerance.saturating_mul(2)
+        } else if self.hook.tolerance.is_zero() {
+            UNTIMESTAMPED_WINDOW
+        } else {
+            self.hook.tolerance
+        }
+    }
+}
+
+/// The webhooks of one config generation, by exact path.
+pub struct Routes {
+    by_path: HashMap<String, Arc<Route>>,
+}
+
+impl Routes {
+    pub fn build(config: &Config, metrics: &Metrics) -> Result<Routes, String> {
+        let mut by_path = HashMap::new();
+        for hook in &config.webhooks {
+            let verifier = Verifier::from_webhook(hook).map_err(|e| format!("webhooks.{}: {e}", hook.name))?;
+            let counters = RESULTS
+                .iter()
+                .map(|r| (*r, metrics.counter(WEBHOOKS_TOTAL, vec![Label::new("webhook", hook.name.clone()), Label::new("result", *r)])))
+                .collect();
+            by_path.insert(hook.path.clone(), Arc::new(Route { hook: hook.clone(), verifier, counters }));
+        }
+        Ok(Routes { by_path })
+    }
+}
+
+/// The running listener, as `App` holds it.
+pub struct WebhookServer {
+    pub addr: SocketAddr,
+    routes: Arc<ArcSwap<Routes>>,
+    metrics: Metrics,
+    pub task: JoinHandle<()>,
+}
+
+impl WebhookServer {
+    /// Bind `webhook_listen` and serve until `shutdown`, when the config has webhooks.
+    pub async fn start(
+        config: &Config,
+        metrics: &Metrics,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<Option<WebhookServer>, StartError> {
+        if config.webhooks.is_empty() {
+            return Ok(None);
+        }
+        let routes = Arc::new(ArcSwap::from_pointee(Routes::build(config, metrics).map_err(StartError::Build)?));
+        let addr = config.webhook_listen;
+        let bind_err = |source| StartError::Bind { what: "webhook_listen", addr, source };
+        let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
+        let local = listener.local_addr().map_err(bind_err)?;
+        let receiver = Arc::new(Receiver::new(routes.clone())?);
+        let task = tokio::spawn(serve(listener, receiver, config.limits.clone(), config.drain_timeout, shutdown));
+        tracing::info!(webhook_listen = %local, webhooks = config.webhooks.len(), "webhook receiver ready");
+        Ok(Some(WebhookServer { addr: local, routes, metrics: metrics.clone(), task }))
+    }
+
+    /// Follow a config reload: build the new routes, then swap them in.
+    pub fn apply(&self, config: &Config) -> Result<(), String> {
+        let routes = Routes::build(config, &self.metrics)?;
+        self.routes.store(Arc::new(routes));
+        Ok(())
+    }
+}
+
+/// The request handler shared by every connection.
+pub struct Receiver {
+    routes: Arc<ArcSwap<Routes>>,
+    replay: ReplayCache,
+    client: ForwardClient,
+    ids: RequestIds,
+}
+
+impl Receiver {
+    pub fn new(routes: Arc<ArcSwap<Routes>>) -> Result<Self, StartError> {
+        Ok(Receiver { routes, replay: ReplayCache::default(), client: forward_client()?, ids: RequestIds::default() })
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
+        let start = Instant::now();
+        let request_id = self.ids.next();
+        let routes = self.routes.load_full();
+        let Some(route) = routes.by_path.get(req.uri().path()).cloned() else {
+            tracing::info!(target: "outpost::webhook", request_id, webhook = "unknown", result = "unknown_webhook", status = 404u16);
+            return reject("unknown_webhook", StatusCode::NOT_FOUND, "no webhook is configured for this path", &request_id);
+        };
+        let (result, reason, response) = self.deliver(&route, req, &request_id).await;
+        if let Some(result) = result {
+            route.count(result);
+        }
+        let status = response.status().as_u16();
+        let elapsed_ms = (start.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+        let webhook = route.hook.name.as_str();
+        let scheme = route.hook.scheme.name();
+        let result = result.unwrap_or("bad_request");
+        if status >= 500 {
+            tracing::warn!(target: "outpost::webhook", request_id, webhook, scheme, result, status, duration_ms = elapsed_ms, reason);
+        } else {
+            tracing::info!(target: "outpost::webhook", request_id, webhook, scheme, result, status, duration_ms = elapsed_ms, reason);
+        }
+        response
+    }
+
+    /// Returns the metric result (none for requests that are not deliveries at all), a reason
+    /// for the log (never a value from the request), and the answer.
+    async fn deliver(&self, route: &Route, req: Request<Incoming>, request_id: &str) -> (Option<&'static str>, &'static str, Response<BoxBody>) {
+        let hook = &route.hook;
+        let limit = hook.max_body_bytes;
+        let too_large = || reject("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, &format!("webhook body is larger than the {limit} byte limit"), request_id);
+        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        if declared.is_some_and(|len| len > limit) {
+            return (Some("too_large"), "content-length over the limit", too_large());
+        }
+        let (parts, body) = req.into_parts();
+        let body = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => return (Some("too_large"), "body over the limit", too_large()),
+            Err(_) => {
+                return (None, "body could not be read", reject("bad_request", StatusCode::BAD_REQUEST, "webhook body could not be read", request_id));
+            }
+        };
+
+        let verified = match route.verifier.verify(&parts.headers, &body, parts.uri.query(), now_unix()) {
+            Ok(v) => v,
+            Err(rejection) => {
+                let message = format!("{}: {rejection}", hook.name);
+                return (Some(rejection.result()), rejection_reason(&rejection), reject(rejection.kind(), rejection.status(), &message, request_id));
+            }
+        };
+
+        let mut keys = vec![replay::key(&hook.name, "signature", &verified.fingerprint)];
+        if let Some(id) = &verified.delivery_id {
+            keys.push(replay::key(&hook.name, "id", id.as_bytes()));
+        }
+        match self.replay.claim(&keys, FORWARD_TIMEOUT + Duration::from_secs(5)) {
+            Claim::Fresh => {}
+            Claim::Replayed => return (Some("replayed"), "already delivered", replayed(request_id)),
+            Claim::InProgress => {
+                let mut response = reject("webhook_delivery_in_progress", StatusCode::CONFLICT, "a copy of this delivery is being forwarded; retry later", request_id);
+                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                return (Some("replayed"), "copy in flight", response);
+            }
+        }
+
+        match self.forward(route, parts, body).await {
+            Ok(response) if response.status().is_server_error() => {
+                self.replay.release(&keys);
+                (Some("forward_failed"), "application answered 5xx", response)
+            }
+            Ok(response) => {
+                if response.status().is_success() {
+                    self.replay.complete(&keys, route.window(&verified));
+                } else {
+                    // The application refused it: let the provider's retry through again.
+                    self.replay.release(&keys);
+                }
+                (Some("verified"), "forwarded", response)
+            }
+            Err(reason) => {
+                self.replay.release(&keys);
+                let message = format!("{}: the application could not be reached ({reason})", hook.name);
+                let mut response = reject("webhook_forward_failed", StatusCode::SERVICE_UNAVAILABLE, &message, request_id);
+                if let Ok(v) = HeaderValue::from_str(request_id) {
+                    response.headers_mut().insert(X_REQUEST_ID.clone(), v);
+                }
+                (Some("forward_failed"), reason, response)
+            }
+        }
+    }
+
+    async fn forward(&self, route: &Route, mut parts: http::request::Parts, body: Bytes) -> Result<Response<BoxBody>, &'static str> {
+        let hook = &route.hook;
+        parts.uri = forward_uri(&hook.forward_to, parts.uri.query()).map_err(|_| "forward_to cannot take the request's query")?;
+        parts.version = http::Version::HTTP_11;
+        sanitize_request(&mut parts.headers, false);
+        match HeaderValue::from_str(&hook.name) {
+            Ok(v) => parts.headers.insert(X_OUTPOST_WEBHOOK.clone(), v),
+            Err(_) => parts.headers.remove(&X_OUTPOST_WEBHOOK),
+        };
+        parts.headers.insert(X_OUTPOST_VERIFIED.clone(), HeaderValue::from_static(hook.scheme.name()));
+        let request = Request::from_parts(parts, full(body));
+        match tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(request)).await {
+            Ok(Ok(mut response)) => {
+                sanitize_response(response.headers_mut(), false);
+                Ok(response.map(boxed))
+            }
+            Ok(Err(e)) if e.is_connect() => Err("connection refused or failed"),
+            Ok(Err(_)) => Err("connection failed"),
+            Err(_) => Err("no response in time"),
+        }
+    }
+}
+
+fn rejection_reason(r: &Rejection) -> &'static str {
+    match r {
+        Rejection::Missing(_) => "signature header missing or malformed",
+        Rejection::Invalid(_) => "signature does not match",
+        Rejection::Stale(_) => "timestamp out of tolerance",
+    }
+}
+
+/// `forward_to` with the delivery's query string appended (Twilio and others put data there).
+fn forward_uri(forward_to: &Uri, query: Option<&str>) -> Result<Uri, http::Error> {
+    let mut path_and_query = forward_to.path().to_string();
+    let parts: Vec<&str> = [forward_to.query(), query].into_iter().flatten().filter(|q| !q.is_empty()).collect();
+    if !parts.is_empty() {
+        path_and_query.push('?');
+        path_and_query.push_str(&parts.join("&"));
+    }
+    let mut builder = Uri::builder().path_and_query(path_and_query);
+    if let Some(scheme) = forward_to.scheme() {
+        builder = builder.scheme(scheme.clone());
+    }
+    if let Some(authority) = forward_to.authority() {
+        builder = builder.authority(authority.clone());
+    }
+    builder.build()
+}
+
+fn reject(kind: &str, status: StatusCode, message: &str, request_id: &str) -> Response<BoxBody> {
+    ErrorBody { kind, message, upstream: None, status, retryable: status.is_server_error() || status == StatusCode::CONFLICT, retry_after: None, request_id }
+        .into_response()
+}
+
+fn replayed(request_id: &str) -> Response<BoxBody> {
+    let mut response = Response::new(full(r#"{"replayed":true}"#));
+    let h = response.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(X_OUTPOST_REPLAYED.clone(), HeaderValue::from_static("true"));
+    if let Ok(v) = HeaderValue::from_str(request_id) {
+        h.insert(X_REQUEST_ID.clone(), v);
+    }
+    response
+}
+
+fn forward_client() -> Result<ForwardClient, StartError> {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_nodelay(true);
+    http.set_connect_timeout(Some(Duration::from_secs(3)));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
+        .map_err(|e| StartError::Build(format!("webhook forward client: {e}")))?
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Ok(Client::builder(TokioExecutor::new())
+        .timer(TokioTimer::new())
+        .pool_timer(TokioTimer::new())
+        .pool_idle_timeout(Duration::from_secs(55))
+        .build(https))
+}
+
+/// Accept connections (HTTP/1.1 and h2) until `shutdown`, then drain for `drain_timeout`.
+pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, limits: Limits, drain_timeout: Duration, shutdown: impl Future<Output = ()>) {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192) + 4096)
+        .keep_alive(true);
+    builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    let builder = Arc::new(builder);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let graceful = GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
+            () = &mut shutdown => break,
+        };
+        let (stream, _) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    tracing::warn!(error = %e, "webhook accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let receiver = receiver.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let service = service_fn(move |req| {
+                let receiver = receiver.clone();
+                async move { Ok::<_, Infallible>(receiver.handle(req).await) }
+            });
+            let conn = builder.serve_connection(TokioIo::new(stream), service);
+            if let Err(e) = watcher.watch(conn.into_owned()).await {
+                tracing::debug!(error = %e, "webhook connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
+        tracing::warn!(?drain_timeout, "webhook drain timeout reached with deliveries in flight");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forward_uri_appends_query() {
+        let base: Uri = "http://127.0.0.1:3000/hooks/twilio".parse().unwrap();
+        assert_eq!(forward_uri(&base, None).unwrap().to_string(), "http://127.0.0.1:3000/hooks/twilio");
+        assert_eq!(forward_uri(&base, Some("a=1")).unwrap().to_string(), "http://127.0.0.1:3000/hooks/twilio?a=1");
+        let base: Uri = "http://127.0.0.1:3000/h?x=2".parse().unwrap();
+        assert_eq!(forward_uri(&base, Some("a=1")).unwrap().to_string(), "http://127.0.0.1:3000/h?x=2&a=1");
+    }
+}
