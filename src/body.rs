@@ -40,7 +40,10 @@ pin_project_lite::pin_project! {
 
 impl<B, G> Guarded<B, G> {
     pub fn new(inner: B, guard: G) -> Self {
-        Guarded { inner, guard: Some(guard) }
+        Guarded {
+            inner,
+            guard: Some(guard),
+        }
     }
 }
 

@@ -16,8 +16,6 @@ fn inactive_features(up: &Upstream) -> Vec<&'static str> {
     match &up.auth {
         Some(Auth::OAuth2ClientCredentials(_)) => out.push("auth: oauth2_client_credentials"),
         Some(Auth::AwsSigv4(_)) => out.push("auth: aws_sigv4"),
-        Some(Auth::StandardWebhooks { .. }) => out.push("auth: standard_webhooks"),
-        Some(Auth::HmacSignature(_)) => out.push("auth: hmac_signature"),
         _ => {}
     }
     out
@@ -215,4 +213,4 @@ pub fn summary(config: &Config) -> String {
     out
 }
 
-const WEBHOOKS_ACTIVE: bool = false;
+const WEBHOOKS_ACTIVE: bool = true;

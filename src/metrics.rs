@@ -142,8 +142,16 @@ impl Metrics {
             "Config reloads, by result.".into(),
         );
         r.describe_gauge(d(BUILD_INFO), None, "Build information; always 1.".into());
-        r.describe_gauge(d(RATE_LIMIT_QUEUED), None, "Requests waiting in an upstream's rate-limit queue.".into());
-        r.describe_gauge(d(AUTH_KEY_HEALTHY), None, "1 while a pooled key is in rotation, 0 once the upstream rejected it.".into());
+        r.describe_gauge(
+            d(RATE_LIMIT_QUEUED),
+            None,
+            "Requests waiting in an upstream's rate-limit queue.".into(),
+        );
+        r.describe_gauge(
+            d(AUTH_KEY_HEALTHY),
+            None,
+            "1 while a pooled key is in rotation, 0 once the upstream rejected it.".into(),
+        );
     }
 
     /// Prometheus text exposition.
@@ -256,7 +264,10 @@ impl UpstreamMetrics {
     pub fn gauge_with(&self, name: &'static str, key: &'static str, value: String) -> Gauge {
         self.metrics.gauge(
             name,
-            vec![Label::new("upstream", self.upstream.to_string()), Label::new(key, value)],
+            vec![
+                Label::new("upstream", self.upstream.to_string()),
+                Label::new(key, value),
+            ],
         )
     }
 }

@@ -179,7 +179,7 @@ impl Proxy {
                         rest_path,
                         upgrade,
                         body_limit: limit,
-                    request_id: request_id.clone(),
+                        request_id: request_id.clone(),
                     })
                     .await
             }

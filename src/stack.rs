@@ -141,7 +141,11 @@ pub struct UpstreamStack {
 type Attempt = Result<Response<Incoming>, ProxyError>;
 
 impl UpstreamStack {
-    pub fn new(config: Arc<Upstream>, clients: &Clients, metrics: &Metrics) -> Result<Self, String> {
+    pub fn new(
+        config: Arc<Upstream>,
+        clients: &Clients,
+        metrics: &Metrics,
+    ) -> Result<Self, String> {
         let client = clients.for_upstream(&config)?;
         let credentials = config.auth.as_ref().map(Credentials::new);
         let upstream_metrics = UpstreamMetrics::new(metrics, &config.name);
@@ -182,32 +186,62 @@ impl UpstreamStack {
         let permit = match &self.breaker {
             Some(breaker) => match breaker.allow() {
                 Ok(permit) => Some(permit),
-                Err(retry_after) => return (Err(ProxyError::CircuitOpen { upstream: self.name(), retry_after }), 0),
+                Err(retry_after) => {
+                    return (
+                        Err(ProxyError::CircuitOpen {
+                            upstream: self.name(),
+                            retry_after,
+                        }),
+                        0,
+                    )
+                }
             },
             None => None,
         };
         let request_id = outbound.request_id.clone();
         let mut attempts = 0;
-        let result = match tokio::time::timeout_at(deadline, self.forward(outbound, deadline, &mut attempts)).await {
+        let result = match tokio::time::timeout_at(
+            deadline,
+            self.forward(outbound, deadline, &mut attempts),
+        )
+        .await
+        {
             Ok(result) => result,
             Err(_) => {
                 self.counters.attempt_timeout.increment(1);
-                Err(ProxyError::Timeout { upstream: self.name(), total: true })
+                Err(ProxyError::Timeout {
+                    upstream: self.name(),
+                    total: true,
+                })
             }
         };
         if let (Some(breaker), Some(permit)) = (&self.breaker, permit) {
             self.record_breaker(breaker, permit, &result);
         }
         let result = match result {
-            Ok(response) if self.config.errors == ErrorMode::Normalize && response.status().as_u16() >= 400 => {
-                Ok(normalize::normalize(response, &self.config.name, &request_id, self.config.provider).await)
+            Ok(response)
+                if self.config.errors == ErrorMode::Normalize
+                    && response.status().as_u16() >= 400 =>
+            {
+                Ok(normalize::normalize(
+                    response,
+                    &self.config.name,
+                    &request_id,
+                    self.config.provider,
+                )
+                .await)
             }
             other => other,
         };
         (result, attempts)
     }
 
-    fn record_breaker(&self, breaker: &Breaker, permit: Permit, result: &Result<Response<BoxBody>, ProxyError>) {
+    fn record_breaker(
+        &self,
+        breaker: &Breaker,
+        permit: Permit,
+        result: &Result<Response<BoxBody>, ProxyError>,
+    ) {
         let failed = match result {
             Ok(response) => response.status().is_server_error(),
             Err(ProxyError::Unreachable { .. } | ProxyError::Timeout { .. }) => true,
@@ -247,31 +281,52 @@ impl UpstreamStack {
             }
             match slot.limiter.paused_for() {
                 None => return Ok(index),
-                Some(wait) if fallback.is_none_or(|(_, w)| wait < w) => fallback = Some((index, wait)),
+                Some(wait) if fallback.is_none_or(|(_, w)| wait < w) => {
+                    fallback = Some((index, wait))
+                }
                 Some(_) => {}
             }
         }
-        fallback.map(|(index, _)| index).ok_or_else(|| ProxyError::CredentialsUnavailable {
-            upstream: self.name(),
-            reason: "every key of the pool was rejected by the upstream (401/403)".into(),
-        })
+        fallback
+            .map(|(index, _)| index)
+            .ok_or_else(|| ProxyError::CredentialsUnavailable {
+                upstream: self.name(),
+                reason: "every key of the pool was rejected by the upstream (401/403)".into(),
+            })
     }
 
     fn live_keys(&self) -> usize {
-        self.keys.iter().filter(|k| !k.removed.load(Ordering::Relaxed)).count()
+        self.keys
+            .iter()
+            .filter(|k| !k.removed.load(Ordering::Relaxed))
+            .count()
     }
 
     /// The retry loop: prepare once, then attempt until success, a final answer or no budget.
-    async fn forward(&self, outbound: Outbound, deadline: Instant, attempts: &mut u32) -> Result<Response<BoxBody>, ProxyError> {
-        let Outbound { request, rest_path, mut upgrade, body_limit, .. } = outbound;
+    async fn forward(
+        &self,
+        outbound: Outbound,
+        deadline: Instant,
+        attempts: &mut u32,
+    ) -> Result<Response<BoxBody>, ProxyError> {
+        let Outbound {
+            request,
+            rest_path,
+            mut upgrade,
+            body_limit,
+            ..
+        } = outbound;
         let (mut parts, body) = request.into_parts();
         let path_and_query = self.prepare(&mut parts, &rest_path, upgrade.is_some())?;
         // Outbound webhook signing (standard_webhooks, hmac_signature): once per logical request.
-        let body = crate::webhook::sign::sign_request(&self.config, &mut parts.headers, body).await?;
+        let body =
+            crate::webhook::sign::sign_request(&self.config, &mut parts.headers, body).await?;
         let safe = self.retry.is_safe(&parts.method, &parts.headers);
 
         let mut body = if self.retry.enabled() && upgrade.is_none() {
-            ReplayBody::new(body, self.retry.config.max_body_bytes).await.map_err(|e| body_error(&*e, body_limit))?
+            ReplayBody::new(body, self.retry.config.max_body_bytes)
+                .await
+                .map_err(|e| body_error(&*e, body_limit))?
         } else {
             ReplayBody::once(body)
         };
@@ -294,7 +349,10 @@ impl UpstreamStack {
                 Err(err) => {
                     let (retry_it, reason) = match err {
                         // Nothing was sent: always safe.
-                        ProxyError::Unreachable { kind: FailureKind::Connect | FailureKind::Tls, .. } => (true, Reason::ConnectError),
+                        ProxyError::Unreachable {
+                            kind: FailureKind::Connect | FailureKind::Tls,
+                            ..
+                        } => (true, Reason::ConnectError),
                         ProxyError::Unreachable { .. } => (safe, Reason::ConnectError),
                         ProxyError::Timeout { total: false, .. } => (safe, Reason::Timeout),
                         _ => (false, Reason::Status),
@@ -322,14 +380,22 @@ impl UpstreamStack {
     }
 
     /// Should this upstream answer be retried, and after how long? `None`: return it.
-    fn decide_response(&self, key: usize, response: &Response<Incoming>, safe: bool, retries: u32, last: bool) -> Option<(Reason, Duration)> {
+    fn decide_response(
+        &self,
+        key: usize,
+        response: &Response<Incoming>,
+        safe: bool,
+        retries: u32,
+        last: bool,
+    ) -> Option<(Reason, Duration)> {
         let status = response.status();
         let wait = self.observe_response(key, response);
         let key_rejected = self.keys.len() > 1 && matches!(status.as_u16(), 401 | 403);
         if key_rejected {
             self.remove_key(key, status);
         }
-        let retry_it = (key_rejected && self.live_keys() > 0) || self.retry.retry_status(status, response.headers(), safe);
+        let retry_it = (key_rejected && self.live_keys() > 0)
+            || self.retry.retry_status(status, response.headers(), safe);
         if last || !retry_it {
             return None;
         }
@@ -338,11 +404,19 @@ impl UpstreamStack {
         }
         // A key pool: the 429 paused only this key; another one serves at once.
         let other_key_free = self.keys.len() > 1
-            && self.keys.iter().any(|k| !k.removed.load(Ordering::Relaxed) && k.limiter.paused_for().is_none());
+            && self
+                .keys
+                .iter()
+                .any(|k| !k.removed.load(Ordering::Relaxed) && k.limiter.paused_for().is_none());
         let delay = match wait {
             _ if status == StatusCode::TOO_MANY_REQUESTS && other_key_free => Duration::ZERO,
             // The upstream asked for longer than we may wait: its answer goes back at once.
-            Some(wait) if self.retry.config.respect_retry_after && wait > self.retry.config.max_retry_after => return None,
+            Some(wait)
+                if self.retry.config.respect_retry_after
+                    && wait > self.retry.config.max_retry_after =>
+            {
+                return None
+            }
             Some(wait) if self.retry.config.respect_retry_after => wait,
             _ => self.retry.backoff(retries + 1),
         };
@@ -350,7 +424,12 @@ impl UpstreamStack {
     }
 
     /// Header and path work done once per logical request.
-    fn prepare(&self, parts: &mut Parts, rest_path: &str, upgrade: bool) -> Result<String, ProxyError> {
+    fn prepare(
+        &self,
+        parts: &mut Parts,
+        rest_path: &str,
+        upgrade: bool,
+    ) -> Result<String, ProxyError> {
         headers::sanitize_request(&mut parts.headers, upgrade);
         let base = &self.config.base_url;
         let mut path_and_query = String::with_capacity(base.path.len() + rest_path.len() + 64);
@@ -368,7 +447,13 @@ impl UpstreamStack {
         }
         if let Some(credentials) = &self.credentials {
             credentials.strip(&mut parts.headers);
-            if !credentials.is_static() && !self.config.auth.as_ref().is_some_and(crate::webhook::sign::signs) {
+            if !credentials.is_static()
+                && !self
+                    .config
+                    .auth
+                    .as_ref()
+                    .is_some_and(crate::webhook::sign::signs)
+            {
                 return Err(ProxyError::CredentialsUnavailable {
                     upstream: self.name(),
                     reason: format!(
@@ -378,7 +463,8 @@ impl UpstreamStack {
                 });
             }
         }
-        self.retry.add_idempotency_key(&parts.method, &mut parts.headers);
+        self.retry
+            .add_idempotency_key(&parts.method, &mut parts.headers);
         Ok(path_and_query)
     }
 
@@ -388,17 +474,29 @@ impl UpstreamStack {
             Ok(admission) => Ok(Some(admission)),
             Err(Rejected::Local { retry_after }) => {
                 self.counters.limited_local.increment(1);
-                Err(ProxyError::RateLimited { upstream: self.name(), retry_after })
+                Err(ProxyError::RateLimited {
+                    upstream: self.name(),
+                    retry_after,
+                })
             }
             Err(Rejected::Upstream { retry_after }) => {
                 self.counters.limited_upstream.increment(1);
-                Err(ProxyError::UpstreamRateLimited { upstream: self.name(), retry_after })
+                Err(ProxyError::UpstreamRateLimited {
+                    upstream: self.name(),
+                    retry_after,
+                })
             }
         }
     }
 
     /// The attempt's request: shared parts, the credential of pool key `key`, and the body.
-    fn build_request(&self, parts: &Parts, path_and_query: &str, key: usize, body: BoxBody) -> Result<Request<BoxBody>, ProxyError> {
+    fn build_request(
+        &self,
+        parts: &Parts,
+        path_and_query: &str,
+        key: usize,
+        body: BoxBody,
+    ) -> Result<Request<BoxBody>, ProxyError> {
         let mut headers = parts.headers.clone();
         let mut path_and_query = path_and_query.to_string();
         if let Some(credentials) = &self.credentials {
@@ -416,7 +514,12 @@ impl UpstreamStack {
     }
 
     /// One attempt through the client, bounded by `attempt_timeout`.
-    async fn send(&self, request: Request<BoxBody>, upgrade: Option<OnUpgrade>, body_limit: Option<u64>) -> Attempt {
+    async fn send(
+        &self,
+        request: Request<BoxBody>,
+        upgrade: Option<OnUpgrade>,
+        body_limit: Option<u64>,
+    ) -> Attempt {
         let send = self.client.request(request);
         let mut response = match tokio::time::timeout(self.config.attempt_timeout, send).await {
             Ok(Ok(response)) => response,
@@ -428,11 +531,18 @@ impl UpstreamStack {
                 let kind = classify_failure(&*err);
                 self.counters.failure(kind);
                 tracing::debug!(upstream = %self.config.name, error = %crate::error::chain(&*err), "upstream attempt failed");
-                return Err(ProxyError::Unreachable { upstream: self.name(), kind, source: Some(err) });
+                return Err(ProxyError::Unreachable {
+                    upstream: self.name(),
+                    kind,
+                    source: Some(err),
+                });
             }
             Err(_) => {
                 self.counters.attempt_timeout.increment(1);
-                return Err(ProxyError::Timeout { upstream: self.name(), total: false });
+                return Err(ProxyError::Timeout {
+                    upstream: self.name(),
+                    total: false,
+                });
             }
         };
         self.counters.attempt_response.increment(1);
@@ -447,15 +557,27 @@ impl UpstreamStack {
     /// Returns the wait the upstream asked for.
     fn observe_response(&self, key: usize, response: &Response<Incoming>) -> Option<Duration> {
         let status = response.status();
-        let wait = retry_after::requested_wait(response.headers(), self.config.provider, SystemTime::now());
+        let wait = retry_after::requested_wait(
+            response.headers(),
+            self.config.provider,
+            SystemTime::now(),
+        );
         if status == StatusCode::TOO_MANY_REQUESTS {
-            let pause = wait.or(self.config.provider.default_429_wait_secs.map(Duration::from_secs));
+            let pause = wait.or(self
+                .config
+                .provider
+                .default_429_wait_secs
+                .map(Duration::from_secs));
             if let Some(pause) = pause {
-                self.keys[key].limiter.pause_until(Instant::now() + pause.min(MAX_UPSTREAM_PAUSE));
+                self.keys[key]
+                    .limiter
+                    .pause_until(Instant::now() + pause.min(MAX_UPSTREAM_PAUSE));
             }
         } else if status == StatusCode::SERVICE_UNAVAILABLE {
             if let Some(pause) = wait {
-                self.keys[key].limiter.pause_until(Instant::now() + pause.min(MAX_UPSTREAM_PAUSE));
+                self.keys[key]
+                    .limiter
+                    .pause_until(Instant::now() + pause.min(MAX_UPSTREAM_PAUSE));
             }
         }
         wait
@@ -471,11 +593,17 @@ impl UpstreamStack {
 
     /// The response for the application: hop-by-hop headers removed, error class added, the
     /// in-flight slot held until the body ends.
-    fn finish(&self, mut response: Response<Incoming>, admission: Option<Admission>) -> Response<BoxBody> {
+    fn finish(
+        &self,
+        mut response: Response<Incoming>,
+        admission: Option<Admission>,
+    ) -> Response<BoxBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
         headers::sanitize_response(response.headers_mut(), switching);
         if let Some(kind) = classify_status(response.status()) {
-            response.headers_mut().insert(X_OUTPOST_ERROR.clone(), HeaderValue::from_static(kind));
+            response
+                .headers_mut()
+                .insert(X_OUTPOST_ERROR.clone(), HeaderValue::from_static(kind));
         }
         match admission {
             Some(admission) => response.map(|b| boxed(Guarded::new(b, admission))),
@@ -519,10 +647,17 @@ fn classify_failure(err: &(dyn std::error::Error + 'static)) -> FailureKind {
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {
             if io.kind() == std::io::ErrorKind::TimedOut {
-                return if connect { FailureKind::Connect } else { FailureKind::Timeout };
+                return if connect {
+                    FailureKind::Connect
+                } else {
+                    FailureKind::Timeout
+                };
             }
-            if io.get_ref().is_some_and(|inner| inner.is::<rustls::Error>()) {
-                return FailureKind::Tls;
+            // `io::Error::source` skips the wrapped error itself (and hyper-rustls wraps twice),
+            // so descend through `get_ref`.
+            if let Some(inner) = io.get_ref() {
+                current = Some(inner as &(dyn std::error::Error + 'static));
+                continue;
             }
         }
         current = e.source();

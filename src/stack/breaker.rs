@@ -42,7 +42,10 @@ pub enum Transition {
 
 impl Breaker {
     pub fn new(config: CircuitBreaker) -> Self {
-        Breaker { config, state: Mutex::new(State::Closed { failures: 0 }) }
+        Breaker {
+            config,
+            state: Mutex::new(State::Closed { failures: 0 }),
+        }
     }
 
     /// May a request go? `Err(retry_after)` while open (or while the probe is out).
@@ -57,7 +60,9 @@ impl Breaker {
                 Ok(Permit::Probe)
             }
             // Another request is probing: come back after about a second.
-            State::HalfOpen { probing: true } => Err(Duration::from_secs(1).min(self.config.open_for)),
+            State::HalfOpen { probing: true } => {
+                Err(Duration::from_secs(1).min(self.config.open_for))
+            }
         }
     }
 
@@ -71,7 +76,9 @@ impl Breaker {
             (State::Closed { failures }, Permit::Call, false) => {
                 let failures = failures + 1;
                 if failures >= self.config.consecutive_failures {
-                    *state = State::Open { until: Instant::now() + self.config.open_for };
+                    *state = State::Open {
+                        until: Instant::now() + self.config.open_for,
+                    };
                     Transition::Opened
                 } else {
                     *state = State::Closed { failures };
@@ -83,7 +90,9 @@ impl Breaker {
                 Transition::Closed
             }
             (State::HalfOpen { .. }, Permit::Probe, false) => {
-                *state = State::Open { until: Instant::now() + self.config.open_for };
+                *state = State::Open {
+                    until: Instant::now() + self.config.open_for,
+                };
                 Transition::Opened
             }
             // Outcomes of calls admitted before the state changed do not move it.
@@ -107,7 +116,10 @@ mod tests {
     use super::*;
 
     fn breaker() -> Breaker {
-        Breaker::new(CircuitBreaker { consecutive_failures: 3, open_for: Duration::from_secs(30) })
+        Breaker::new(CircuitBreaker {
+            consecutive_failures: 3,
+            open_for: Duration::from_secs(30),
+        })
     }
 
     #[tokio::test(start_paused = true)]
@@ -123,7 +135,14 @@ mod tests {
         for i in 0..3 {
             let p = b.allow().unwrap();
             let t = b.record(p, false);
-            assert_eq!(t, if i == 2 { Transition::Opened } else { Transition::None });
+            assert_eq!(
+                t,
+                if i == 2 {
+                    Transition::Opened
+                } else {
+                    Transition::None
+                }
+            );
         }
         let wait = b.allow().unwrap_err();
         assert_eq!(wait, Duration::from_secs(30));
@@ -144,7 +163,10 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn abandoned_probe_frees_the_slot() {
-        let b = Breaker::new(CircuitBreaker { consecutive_failures: 1, open_for: Duration::from_secs(1) });
+        let b = Breaker::new(CircuitBreaker {
+            consecutive_failures: 1,
+            open_for: Duration::from_secs(1),
+        });
         let p = b.allow().unwrap();
         b.record(p, false);
         tokio::time::advance(Duration::from_secs(1)).await;

@@ -28,17 +28,27 @@ pub fn upstream_message(body: &[u8]) -> Option<String> {
         json.pointer("/detail"),
     ];
     let text = candidates.into_iter().flatten().find_map(|v| v.as_str())?;
-    let text: String = text.chars().filter(|c| !c.is_control()).take(MAX_MESSAGE).collect();
+    let text: String = text
+        .chars()
+        .filter(|c| !c.is_control())
+        .take(MAX_MESSAGE)
+        .collect();
     (!text.is_empty()).then_some(text)
 }
 
 fn upstream_request_id(headers: &HeaderMap) -> Option<String> {
-    ["request-id", "x-request-id", "x-amzn-requestid", "x-github-request-id", "x-twilio-request-id"]
-        .iter()
-        .find_map(|name| headers.get(*name))
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 128)
-        .map(str::to_string)
+    [
+        "request-id",
+        "x-request-id",
+        "x-amzn-requestid",
+        "x-github-request-id",
+        "x-twilio-request-id",
+    ]
+    .iter()
+    .find_map(|name| headers.get(*name))
+    .and_then(|v| v.to_str().ok())
+    .filter(|v| v.len() <= 128)
+    .map(str::to_string)
 }
 
 /// The body when it ends within `cap` bytes. (Not `http_body_util::Limited`: its error
@@ -65,7 +75,9 @@ pub async fn normalize(
     provider: &PresetDefaults,
 ) -> Response<BoxBody> {
     let status = response.status();
-    let Some(kind) = classify_status(status) else { return response };
+    let Some(kind) = classify_status(status) else {
+        return response;
+    };
     let (parts, body) = response.into_parts();
     let bytes = read_capped(body, MAX_ERROR_BODY).await;
     let message = bytes.as_deref().and_then(upstream_message);
@@ -73,7 +85,8 @@ pub async fn normalize(
         Some(m) => format!("{upstream}: {m}"),
         None => format!("{upstream}: upstream answered {status}"),
     };
-    let retry_after: Option<Duration> = crate::stack::retry_after::requested_wait(&parts.headers, provider, SystemTime::now());
+    let retry_after: Option<Duration> =
+        crate::stack::retry_after::requested_wait(&parts.headers, provider, SystemTime::now());
     let retryable = status == StatusCode::TOO_MANY_REQUESTS || status.is_server_error();
     let error = ErrorBody {
         kind,
@@ -85,7 +98,10 @@ pub async fn normalize(
         request_id,
     };
     let mut json = error.to_json();
-    if let (Some(id), Some(obj)) = (upstream_request_id(&parts.headers), json.get_mut("error").and_then(|e| e.as_object_mut())) {
+    if let (Some(id), Some(obj)) = (
+        upstream_request_id(&parts.headers),
+        json.get_mut("error").and_then(|e| e.as_object_mut()),
+    ) {
         obj.insert("upstream_request_id".into(), id.into());
     }
     let mut normalized = error.into_response();
@@ -99,23 +115,43 @@ mod tests {
 
     #[test]
     fn finds_provider_messages() {
-        let stripe = br#"{"error":{"type":"invalid_request_error","message":"No such customer: 'cus_1'"}}"#;
-        assert_eq!(upstream_message(stripe).as_deref(), Some("No such customer: 'cus_1'"));
-        let sendgrid = br#"{"errors":[{"message":"The from address does not match","field":"from"}]}"#;
-        assert_eq!(upstream_message(sendgrid).as_deref(), Some("The from address does not match"));
-        assert_eq!(upstream_message(br#"{"message":"Bad credentials"}"#).as_deref(), Some("Bad credentials"));
-        assert_eq!(upstream_message(br#"{"error":"invalid_client"}"#).as_deref(), Some("invalid_client"));
+        let stripe =
+            br#"{"error":{"type":"invalid_request_error","message":"No such customer: 'cus_1'"}}"#;
+        assert_eq!(
+            upstream_message(stripe).as_deref(),
+            Some("No such customer: 'cus_1'")
+        );
+        let sendgrid =
+            br#"{"errors":[{"message":"The from address does not match","field":"from"}]}"#;
+        assert_eq!(
+            upstream_message(sendgrid).as_deref(),
+            Some("The from address does not match")
+        );
+        assert_eq!(
+            upstream_message(br#"{"message":"Bad credentials"}"#).as_deref(),
+            Some("Bad credentials")
+        );
+        assert_eq!(
+            upstream_message(br#"{"error":"invalid_client"}"#).as_deref(),
+            Some("invalid_client")
+        );
         assert_eq!(upstream_message(b"<html>502</html>"), None);
         assert_eq!(upstream_message(br#"{"error":{"code":1}}"#), None);
         let long = format!(r#"{{"message":"{}\u0007"}}"#, "x".repeat(2000));
-        assert_eq!(upstream_message(long.as_bytes()).unwrap().len(), MAX_MESSAGE);
+        assert_eq!(
+            upstream_message(long.as_bytes()).unwrap().len(),
+            MAX_MESSAGE
+        );
     }
 
     #[tokio::test]
     async fn rewrites_into_the_contract_shape() {
-        let mut upstream = Response::new(full(r#"{"error":{"message":"Invalid API Key provided"}}"#));
+        let mut upstream =
+            Response::new(full(r#"{"error":{"message":"Invalid API Key provided"}}"#));
         *upstream.status_mut() = StatusCode::UNAUTHORIZED;
-        upstream.headers_mut().insert("request-id", "req_123".parse().unwrap());
+        upstream
+            .headers_mut()
+            .insert("request-id", "req_123".parse().unwrap());
         let out = normalize(upstream, "stripe", "rid-1", &crate::config::preset::GENERIC).await;
         assert_eq!(out.status(), 401);
         assert_eq!(out.headers()["x-outpost-error"], "authentication_failed");

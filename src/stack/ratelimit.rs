@@ -78,7 +78,9 @@ impl Drop for Queued<'_> {
 
 /// `start + budget`, saturating far in the future.
 fn far(start: Instant, budget: Duration) -> Instant {
-    start.checked_add(budget).unwrap_or_else(|| start + Duration::from_secs(86_400 * 365))
+    start
+        .checked_add(budget)
+        .unwrap_or_else(|| start + Duration::from_secs(86_400 * 365))
 }
 
 /// Why a request was not admitted.
@@ -119,11 +121,18 @@ impl Limiter {
     pub fn with_gauge(config: Option<&RateLimit>, queued_gauge: Option<metrics::Gauge>) -> Self {
         let (bucket, interval, max_wait, in_flight) = match config {
             Some(rl) => {
-                let interval = Duration::from_secs_f64(rl.per.as_secs_f64() / rl.requests).max(Duration::from_nanos(1));
+                let interval = Duration::from_secs_f64(rl.per.as_secs_f64() / rl.requests)
+                    .max(Duration::from_nanos(1));
                 let burst = NonZeroU32::new(rl.burst).unwrap_or(NonZeroU32::MIN);
                 let quota = Quota::with_period(interval).map(|q| q.allow_burst(burst));
                 let bucket = quota.map(|q| RateLimiter::direct_with_clock(q, TokioClock));
-                (bucket, interval, rl.max_wait, rl.max_in_flight.map(|n| Arc::new(Semaphore::new(n as usize))))
+                (
+                    bucket,
+                    interval,
+                    rl.max_wait,
+                    rl.max_in_flight
+                        .map(|n| Arc::new(Semaphore::new(n as usize))),
+                )
             }
             // Pause-only: without a local budget, requests wait out an upstream pause for as
             // long as their own deadline allows.
@@ -157,7 +166,9 @@ impl Limiter {
     /// Time left on an upstream pause.
     pub fn paused_for(&self) -> Option<Duration> {
         let paused = *self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
-        paused.and_then(|p| p.checked_duration_since(Instant::now())).filter(|d| !d.is_zero())
+        paused
+            .and_then(|p| p.checked_duration_since(Instant::now()))
+            .filter(|d| !d.is_zero())
     }
 
     /// Wait for a slot: FIFO, at most `max_wait` (which is also capped by `deadline`).
@@ -202,7 +213,9 @@ impl Limiter {
             };
             let estimate = bucket_wait + self.interval * ahead;
             if estimate > budget {
-                return Err(Rejected::Local { retry_after: estimate.max(self.interval) });
+                return Err(Rejected::Local {
+                    retry_after: estimate.max(self.interval),
+                });
             }
             if bucket_wait.is_zero() {
                 return self.in_flight_slot(start, budget).await;
@@ -216,9 +229,15 @@ impl Limiter {
     async fn wait_in_queue(&self, start: Instant, budget: Duration) -> Result<(), Rejected> {
         let _queued = Queued::enter(self);
         let deadline = far(start, budget);
-        let reject = || Rejected::Local { retry_after: self.interval.max(Duration::from_millis(1)) };
-        let _turn = tokio::time::timeout_at(deadline, self.queue.lock()).await.map_err(|_| reject())?;
-        let Some(bucket) = &self.bucket else { return Ok(()) };
+        let reject = || Rejected::Local {
+            retry_after: self.interval.max(Duration::from_millis(1)),
+        };
+        let _turn = tokio::time::timeout_at(deadline, self.queue.lock())
+            .await
+            .map_err(|_| reject())?;
+        let Some(bucket) = &self.bucket else {
+            return Ok(());
+        };
         loop {
             if let Some(wait) = self.paused_for() {
                 if Instant::now() + wait > deadline {
@@ -240,15 +259,27 @@ impl Limiter {
         }
     }
 
-    async fn in_flight_slot(&self, start: Instant, budget: Duration) -> Result<Admission, Rejected> {
-        let Some(semaphore) = &self.in_flight else { return Ok(Admission { _permit: None }) };
+    async fn in_flight_slot(
+        &self,
+        start: Instant,
+        budget: Duration,
+    ) -> Result<Admission, Rejected> {
+        let Some(semaphore) = &self.in_flight else {
+            return Ok(Admission { _permit: None });
+        };
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
-            return Ok(Admission { _permit: Some(permit) });
+            return Ok(Admission {
+                _permit: Some(permit),
+            });
         }
         let deadline = far(start, budget);
         match tokio::time::timeout_at(deadline, semaphore.clone().acquire_owned()).await {
-            Ok(Ok(permit)) => Ok(Admission { _permit: Some(permit) }),
-            _ => Err(Rejected::Local { retry_after: self.interval.max(Duration::from_millis(100)) }),
+            Ok(Ok(permit)) => Ok(Admission {
+                _permit: Some(permit),
+            }),
+            _ => Err(Rejected::Local {
+                retry_after: self.interval.max(Duration::from_millis(100)),
+            }),
         }
     }
 }
@@ -277,7 +308,10 @@ mod tests {
         assert_eq!(Instant::now(), start, "burst is immediate");
         l.acquire(None).await.unwrap();
         let waited = Instant::now() - start;
-        assert!(waited >= Duration::from_millis(99) && waited <= Duration::from_millis(101), "{waited:?}");
+        assert!(
+            waited >= Duration::from_millis(99) && waited <= Duration::from_millis(101),
+            "{waited:?}"
+        );
         // Bucket empty again; with max_wait 250ms one more fits, but not three ahead.
         l.acquire(None).await.unwrap();
         let now = Instant::now();
@@ -304,7 +338,11 @@ mod tests {
             t.await.unwrap();
         }
         let order = order.lock().unwrap();
-        let admitted: Vec<usize> = order.iter().filter(|(_, ok, _)| *ok).map(|(i, _, _)| *i).collect();
+        let admitted: Vec<usize> = order
+            .iter()
+            .filter(|(_, ok, _)| *ok)
+            .map(|(i, _, _)| *i)
+            .collect();
         assert_eq!(admitted, vec![0, 1, 2, 3, 4], "{order:?}");
         // Each 100 ms apart.
         for w in order.windows(2) {
@@ -320,7 +358,9 @@ mod tests {
         let r = l.acquire(None).await;
         assert_eq!(Instant::now(), start, "rejection does not wait");
         match r {
-            Err(Rejected::Local { retry_after }) => assert!(retry_after > Duration::from_millis(900), "{retry_after:?}"),
+            Err(Rejected::Local { retry_after }) => {
+                assert!(retry_after > Duration::from_millis(900), "{retry_after:?}")
+            }
             other => panic!("{other:?}"),
         }
     }
@@ -334,7 +374,10 @@ mod tests {
         assert!(Instant::now() - start >= Duration::from_secs(2));
         // A pause longer than max_wait is rejected at once, as an upstream limit.
         l.pause_until(Instant::now() + Duration::from_secs(10));
-        assert!(matches!(l.acquire(None).await, Err(Rejected::Upstream { .. })));
+        assert!(matches!(
+            l.acquire(None).await,
+            Err(Rejected::Upstream { .. })
+        ));
         // Pause-only limiter (no rate_limit configured) still honours pauses.
         let p = Limiter::new(None);
         let t = Instant::now();

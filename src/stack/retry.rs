@@ -51,13 +51,18 @@ pub struct RetryPolicy {
 
 impl std::fmt::Debug for RetryPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RetryPolicy").field("config", &self.config).finish_non_exhaustive()
+        f.debug_struct("RetryPolicy")
+            .field("config", &self.config)
+            .finish_non_exhaustive()
     }
 }
 
 /// RFC 9110 idempotent methods.
 pub fn is_idempotent(method: &Method) -> bool {
-    matches!(*method, Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE)
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE | Method::TRACE
+    )
 }
 
 impl RetryPolicy {
@@ -67,7 +72,11 @@ impl RetryPolicy {
             config.min_retries_per_second,
             config.budget_percent as f32 / 100.0,
         );
-        RetryPolicy { config, provider, budget }
+        RetryPolicy {
+            config,
+            provider,
+            budget,
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -90,7 +99,8 @@ impl RetryPolicy {
     /// May a request that reached the upstream be sent again?
     pub fn is_safe(&self, method: &Method, headers: &HeaderMap) -> bool {
         is_idempotent(method)
-            || (self.config.idempotency_key != IdempotencyKeyMode::Off && headers.contains_key(&IDEMPOTENCY_KEY))
+            || (self.config.idempotency_key != IdempotencyKeyMode::Off
+                && headers.contains_key(&IDEMPOTENCY_KEY))
     }
 
     /// Is this upstream status worth retrying for a request of the given safety?
@@ -103,13 +113,18 @@ impl RetryPolicy {
             }
         }
         let code = status.as_u16();
-        self.config.on_status.contains(&code) && (safe || self.provider.never_processed_statuses.contains(&code))
+        self.config.on_status.contains(&code)
+            && (safe || self.provider.never_processed_statuses.contains(&code))
     }
 
     /// Full-jitter backoff before retry number `retry` (1 for the first retry).
     pub fn backoff(&self, retry: u32) -> Duration {
         let exp = 2u32.saturating_pow(retry.saturating_sub(1).min(30));
-        let ceiling = self.config.base_delay.saturating_mul(exp).min(self.config.max_delay);
+        let ceiling = self
+            .config
+            .base_delay
+            .saturating_mul(exp)
+            .min(self.config.max_delay);
         let nanos = ceiling.as_nanos().min(u64::MAX as u128) as u64;
         Duration::from_nanos(rand::thread_rng().gen_range(0..=nanos))
     }
@@ -153,8 +168,11 @@ impl ReplayBody {
                 Ok(data) => {
                     if (buf.len() + data.len()) as u64 > limit {
                         let prefix = [Ok(Frame::data(buf.freeze())), Ok(Frame::data(data))];
-                        let stream = futures_util::stream::iter(prefix).chain(BodyStream::new(body));
-                        return Ok(ReplayBody::Once(Some(StreamBody::new(stream).boxed_unsync())));
+                        let stream =
+                            futures_util::stream::iter(prefix).chain(BodyStream::new(body));
+                        return Ok(ReplayBody::Once(Some(
+                            StreamBody::new(stream).boxed_unsync(),
+                        )));
                     }
                     buf.extend_from_slice(&data);
                 }
@@ -162,7 +180,9 @@ impl ReplayBody {
                     // Trailers: keep them by streaming once.
                     let prefix = [Ok(Frame::data(buf.freeze())), Ok(frame)];
                     let stream = futures_util::stream::iter(prefix).chain(BodyStream::new(body));
-                    return Ok(ReplayBody::Once(Some(StreamBody::new(stream).boxed_unsync())));
+                    return Ok(ReplayBody::Once(Some(
+                        StreamBody::new(stream).boxed_unsync(),
+                    )));
                 }
             }
         }
@@ -220,7 +240,10 @@ mod tests {
                 assert!(d <= ceiling, "retry {n}: {d:?} > {ceiling:?}");
                 max_seen = max_seen.max(d);
             }
-            assert!(max_seen > ceiling / 2, "retry {n}: jitter should spread up to the ceiling");
+            assert!(
+                max_seen > ceiling / 2,
+                "retry {n}: jitter should spread up to the ceiling"
+            );
         }
         assert!(p.backoff(u32::MAX) <= Duration::from_secs(1));
     }
@@ -231,7 +254,13 @@ mod tests {
         let none = HeaderMap::new();
         let mut keyed = HeaderMap::new();
         keyed.insert(&IDEMPOTENCY_KEY, "k".parse().unwrap());
-        for m in [Method::GET, Method::HEAD, Method::OPTIONS, Method::PUT, Method::DELETE] {
+        for m in [
+            Method::GET,
+            Method::HEAD,
+            Method::OPTIONS,
+            Method::PUT,
+            Method::DELETE,
+        ] {
             assert!(p.is_safe(&m, &none), "{m}");
         }
         assert!(!p.is_safe(&Method::POST, &none));
@@ -276,7 +305,10 @@ mod tests {
         assert!(s.retry_status(StatusCode::BAD_REQUEST, &yes, true));
         assert!(s.retry_status(StatusCode::CONFLICT, &h, true));
         // Twilio's 429 was never processed: even a POST without a key may go again.
-        let t = RetryPolicy::new(retry(IdempotencyKeyMode::HeaderOnly), Preset::Twilio.defaults());
+        let t = RetryPolicy::new(
+            retry(IdempotencyKeyMode::HeaderOnly),
+            Preset::Twilio.defaults(),
+        );
         assert!(t.retry_status(StatusCode::TOO_MANY_REQUESTS, &h, false));
         assert!(!t.retry_status(StatusCode::SERVICE_UNAVAILABLE, &h, false));
     }
@@ -291,7 +323,10 @@ mod tests {
         assert!(!p.withdraw(), "a zero budget allows no retry");
         let p = RetryPolicy::new(retry(IdempotencyKeyMode::Auto), &GENERIC);
         let allowed = (0..1000).filter(|_| p.withdraw()).count();
-        assert!((90..=110).contains(&allowed), "10/s floor over a 10 s window, got {allowed}");
+        assert!(
+            (90..=110).contains(&allowed),
+            "10/s floor over a 10 s window, got {allowed}"
+        );
     }
 
     #[tokio::test]
@@ -302,8 +337,9 @@ mod tests {
             let b = small.take().unwrap().collect().await.unwrap().to_bytes();
             assert_eq!(b, "hello");
         }
-        let chunks: Vec<Result<Frame<Bytes>, BoxError>> =
-            (0..4).map(|i| Ok(Frame::data(Bytes::from(vec![b'a' + i; 8])))).collect();
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = (0..4)
+            .map(|i| Ok(Frame::data(Bytes::from(vec![b'a' + i; 8]))))
+            .collect();
         let streamed = StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync();
         let mut large = ReplayBody::new(streamed, 16).await.unwrap();
         assert!(!large.replayable());
