@@ -34,7 +34,9 @@ use tokio::sync::{mpsc, oneshot};
 const GUARD: Duration = Duration::from_secs(20);
 
 async fn guard<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(GUARD, fut).await.unwrap_or_else(|_| panic!("hang guard: {what}"))
+    tokio::time::timeout(GUARD, fut)
+        .await
+        .unwrap_or_else(|_| panic!("hang guard: {what}"))
 }
 
 // ------------------------------------------------------------------------------------------
@@ -82,24 +84,46 @@ impl Recorder {
                         let answer = answer.clone();
                         async move {
                             let (parts, body) = req.into_parts();
-                            let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-                            let _ = tx.send(Recorded { method: parts.method, uri: parts.uri, headers: parts.headers, body });
-                            let status = StatusCode::from_u16(answer.load(Ordering::SeqCst)).unwrap();
-                            let mut response = Response::new(Full::new(Bytes::from_static(b"app says hi")));
+                            let body = body
+                                .collect()
+                                .await
+                                .map(|c| c.to_bytes())
+                                .unwrap_or_default();
+                            let _ = tx.send(Recorded {
+                                method: parts.method,
+                                uri: parts.uri,
+                                headers: parts.headers,
+                                body,
+                            });
+                            let status =
+                                StatusCode::from_u16(answer.load(Ordering::SeqCst)).unwrap();
+                            let mut response =
+                                Response::new(Full::new(Bytes::from_static(b"app says hi")));
                             *response.status_mut() = status;
-                            response.headers_mut().insert("x-app", HeaderValue::from_static("yes"));
+                            response
+                                .headers_mut()
+                                .insert("x-app", HeaderValue::from_static("yes"));
                             Ok::<_, Infallible>(response)
                         }
                     });
-                    let _ = auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(stream), service).await;
+                    let _ = auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
                 });
             }
         });
-        Recorder { addr, rx, status, stop: Some(stop) }
+        Recorder {
+            addr,
+            rx,
+            status,
+            stop: Some(stop),
+        }
     }
 
     async fn next(&mut self) -> Recorded {
-        guard("recorded request", self.rx.recv()).await.expect("recorder closed")
+        guard("recorded request", self.rx.recv())
+            .await
+            .expect("recorder closed")
     }
 
     /// Everything recorded so far, without waiting (used after the responses were read).
@@ -140,7 +164,10 @@ impl Answer {
     }
 
     fn error_type(&self) -> String {
-        self.json()["error"]["type"].as_str().unwrap_or_default().to_string()
+        self.json()["error"]["type"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string()
     }
 }
 
@@ -148,15 +175,34 @@ fn client() -> Client<HttpConnector, Full<Bytes>> {
     Client::builder(TokioExecutor::new()).build(HttpConnector::new())
 }
 
-async fn post(addr: SocketAddr, path_and_query: &str, headers: &[(String, String)], body: &[u8]) -> Answer {
-    let mut req = Request::post(format!("http://{addr}{path_and_query}")).body(Full::new(Bytes::copy_from_slice(body))).unwrap();
+async fn post(
+    addr: SocketAddr,
+    path_and_query: &str,
+    headers: &[(String, String)],
+    body: &[u8],
+) -> Answer {
+    let mut req = Request::post(format!("http://{addr}{path_and_query}"))
+        .body(Full::new(Bytes::copy_from_slice(body)))
+        .unwrap();
     for (k, v) in headers {
-        req.headers_mut().append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_bytes(v.as_bytes()).unwrap());
+        req.headers_mut().append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_bytes(v.as_bytes()).unwrap(),
+        );
     }
-    let response = guard("post", client().request(req)).await.expect("request failed");
+    let response = guard("post", client().request(req))
+        .await
+        .expect("request failed");
     let (parts, body) = response.into_parts();
-    let body = guard("response body", body.collect()).await.unwrap().to_bytes();
-    Answer { status: parts.status, headers: parts.headers, body }
+    let body = guard("response body", body.collect())
+        .await
+        .unwrap()
+        .to_bytes();
+    Answer {
+        status: parts.status,
+        headers: parts.headers,
+        body,
+    }
 }
 
 fn pairs(lines: &[(String, String)]) -> Vec<(String, String)> {
@@ -168,7 +214,8 @@ fn pairs(lines: &[(String, String)]) -> Vec<(String, String)> {
 // ------------------------------------------------------------------------------------------
 
 fn load(yaml: &str) -> outpost::config::Config {
-    outpost::config::load_str(yaml, Path::new("/tmp/x/proxy.yaml")).unwrap_or_else(|e| panic!("config: {e}\n{yaml}"))
+    outpost::config::load_str(yaml, Path::new("/tmp/x/proxy.yaml"))
+        .unwrap_or_else(|e| panic!("config: {e}\n{yaml}"))
 }
 
 fn base_yaml(upstreams: &str, webhooks: &str) -> String {
@@ -178,7 +225,9 @@ fn base_yaml(upstreams: &str, webhooks: &str) -> String {
 }
 
 async fn start(webhooks: &str) -> App {
-    App::start(load(&base_yaml("  {}", webhooks))).await.expect("outpost starts")
+    App::start(load(&base_yaml("  {}", webhooks)))
+        .await
+        .expect("outpost starts")
 }
 
 fn whaddr(app: &App) -> SocketAddr {
@@ -218,7 +267,14 @@ struct Scheme {
 fn schemes() -> Vec<Scheme> {
     let (sg_private, sg_public) = sendgrid_keys(3);
     let (sg_wrong, _) = sendgrid_keys(4);
-    let s = |name, scheme, signing: &str, wrong: &str, yaml: String, timestamped, header, content_type| Scheme {
+    let s = |name,
+             scheme,
+             signing: &str,
+             wrong: &str,
+             yaml: String,
+             timestamped,
+             header,
+             content_type| Scheme {
         name,
         scheme,
         signing: signing.into(),
@@ -267,8 +323,14 @@ fn webhooks_yaml(schemes: &[Scheme], forward: SocketAddr) -> String {
 
 fn body_for(s: &Scheme) -> Vec<u8> {
     match s.content_type {
-        "application/x-www-form-urlencoded" => b"CallSid=CA1&From=%2B14158675309&Body=Hello+Zo%C3%AB".to_vec(),
-        _ => format!("{{\"id\":\"evt_{}\",\"unicode\":\"Zo\u{eb} \u{1F680}\",\"spaces\":  [1, 2 ]}}\n", s.name).into_bytes(),
+        "application/x-www-form-urlencoded" => {
+            b"CallSid=CA1&From=%2B14158675309&Body=Hello+Zo%C3%AB".to_vec()
+        }
+        _ => format!(
+            "{{\"id\":\"evt_{}\",\"unicode\":\"Zo\u{eb} \u{1F680}\",\"spaces\":  [1, 2 ]}}\n",
+            s.name
+        )
+        .into_bytes(),
     }
 }
 
@@ -282,14 +344,23 @@ fn sign(s: &Scheme, secret: &str, body: &[u8], ts: i64, id: Option<&str>) -> Vec
         spec.encoding = SignatureEncoding::Base64;
         spec.timestamp_header = Some(HeaderName::from_static("x-partner-timestamp"));
     }
-    let input = SignInput { body, timestamp: ts, id, url: Some("https://hooks.example.com/twilio") };
+    let input = SignInput {
+        body,
+        timestamp: ts,
+        id,
+        url: Some("https://hooks.example.com/twilio"),
+    };
     let mut lines = provider_headers(&spec, &input).unwrap();
     lines.push(("Content-Type".into(), s.content_type.into()));
     lines
 }
 
 fn without(lines: &[(String, String)], name: &str) -> Vec<(String, String)> {
-    lines.iter().filter(|(k, _)| !k.eq_ignore_ascii_case(name)).cloned().collect()
+    lines
+        .iter()
+        .filter(|(k, _)| !k.eq_ignore_ascii_case(name))
+        .cloned()
+        .collect()
 }
 
 fn replaced(lines: &[(String, String)], name: &str, value: &str) -> Vec<(String, String)> {
@@ -299,7 +370,12 @@ fn replaced(lines: &[(String, String)], name: &str, value: &str) -> Vec<(String,
 }
 
 fn assert_rejected(answer: &Answer, status: u16, kind: &str, what: &str) {
-    assert_eq!(answer.status.as_u16(), status, "{what}: {}", String::from_utf8_lossy(&answer.body));
+    assert_eq!(
+        answer.status.as_u16(),
+        status,
+        "{what}: {}",
+        String::from_utf8_lossy(&answer.body)
+    );
     assert_eq!(answer.error_type(), kind, "{what}");
     assert_eq!(answer.headers["x-outpost-error"], kind, "{what}");
     assert_eq!(answer.headers["content-type"], "application/json", "{what}");
@@ -312,7 +388,9 @@ fn assert_rejected(answer: &Answer, status: u16, kind: &str, what: &str) {
 fn metric(app: &App, webhook: &str, result: &str) -> u64 {
     let text = app.metrics.render();
     let needle = format!("outpost_webhooks_total{{webhook=\"{webhook}\",result=\"{result}\"}} ");
-    text.lines().find_map(|l| l.strip_prefix(&needle)).map_or(0, |v| v.trim().parse().unwrap())
+    text.lines()
+        .find_map(|l| l.strip_prefix(&needle))
+        .map_or(0, |v| v.trim().parse().unwrap())
 }
 
 // ------------------------------------------------------------------------------------------
@@ -324,16 +402,21 @@ fn fixture_spec(case: &Value, secret: &str) -> (Spec, Option<String>) {
     let mut spec = Spec::new(scheme, vec![Secret::new(secret)]);
     let mut query = None;
     if let Some(url) = case["url"].as_str() {
-        let (base, q) = url.split_once('?').map_or((url, None), |(b, q)| (b, Some(q.to_string())));
+        let (base, q) = url
+            .split_once('?')
+            .map_or((url, None), |(b, q)| (b, Some(q.to_string())));
         spec.public_url = Some(base.to_string());
         query = q;
     }
     if let Some(h) = case.get("hmac") {
-        spec.header = Some(HeaderName::from_bytes(h["header"].as_str().unwrap().as_bytes()).unwrap());
+        spec.header =
+            Some(HeaderName::from_bytes(h["header"].as_str().unwrap().as_bytes()).unwrap());
         spec.prefix = h["prefix"].as_str().unwrap().to_string();
         spec.algorithm = serde_json::from_value(h["algorithm"].clone()).unwrap();
         spec.encoding = serde_json::from_value(h["encoding"].clone()).unwrap();
-        spec.timestamp_header = h["timestamp_header"].as_str().map(|t| HeaderName::from_bytes(t.as_bytes()).unwrap());
+        spec.timestamp_header = h["timestamp_header"]
+            .as_str()
+            .map(|t| HeaderName::from_bytes(t.as_bytes()).unwrap());
     }
     (spec, query)
 }
@@ -341,7 +424,10 @@ fn fixture_spec(case: &Value, secret: &str) -> (Spec, Option<String>) {
 fn fixture_headers(case: &Value) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in case["headers"].as_object().unwrap() {
-        h.insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v.as_str().unwrap()).unwrap());
+        h.insert(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v.as_str().unwrap()).unwrap(),
+        );
     }
     h
 }
@@ -370,7 +456,10 @@ fn official_sdk_fixtures_verify_and_tampering_fails() {
             None => tampered.push(b'x'),
         }
         let bad = verifier.verify(&headers, &tampered, query.as_deref(), ts);
-        assert!(matches!(bad, Err(Rejection::Invalid(_))), "case {i} ({scheme}) tampered: {bad:?}");
+        assert!(
+            matches!(bad, Err(Rejection::Invalid(_))),
+            "case {i} ({scheme}) tampered: {bad:?}"
+        );
 
         // Wrong secret of the same form.
         let wrong = match scheme {
@@ -379,19 +468,53 @@ fn official_sdk_fixtures_verify_and_tampering_fails() {
             _ => format!("{secret}x"),
         };
         let (spec, _) = fixture_spec(case, &wrong);
-        let bad = Verifier::new(spec).unwrap().verify(&headers, body, query.as_deref(), ts);
-        assert!(matches!(bad, Err(Rejection::Invalid(_))), "case {i} ({scheme}) wrong secret: {bad:?}");
+        let bad = Verifier::new(spec)
+            .unwrap()
+            .verify(&headers, body, query.as_deref(), ts);
+        assert!(
+            matches!(bad, Err(Rejection::Invalid(_))),
+            "case {i} ({scheme}) wrong secret: {bad:?}"
+        );
 
         // Our own signer agrees with the SDK (sendgrid signatures are randomized: verify ours).
         if let Some(private) = case["private_key"].as_str() {
             let (mut spec, _) = fixture_spec(case, private);
             spec.scheme = WebhookScheme::Sendgrid;
-            let lines = provider_headers(&spec, &SignInput { body, timestamp: ts, id: None, url: None }).unwrap();
-            let h: HeaderMap = lines.iter().map(|(k, v)| (HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap())).collect();
-            assert!(verifier.verify(&h, body, None, ts).is_ok(), "case {i}: own sendgrid signature");
+            let lines = provider_headers(
+                &spec,
+                &SignInput {
+                    body,
+                    timestamp: ts,
+                    id: None,
+                    url: None,
+                },
+            )
+            .unwrap();
+            let h: HeaderMap = lines
+                .iter()
+                .map(|(k, v)| {
+                    (
+                        HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                        HeaderValue::from_str(v).unwrap(),
+                    )
+                })
+                .collect();
+            assert!(
+                verifier.verify(&h, body, None, ts).is_ok(),
+                "case {i}: own sendgrid signature"
+            );
         }
     }
-    for scheme in ["stripe", "github", "standard_webhooks", "slack", "shopify", "twilio", "sendgrid", "hmac"] {
+    for scheme in [
+        "stripe",
+        "github",
+        "standard_webhooks",
+        "slack",
+        "shopify",
+        "twilio",
+        "sendgrid",
+        "hmac",
+    ] {
         assert!(seen.contains(scheme), "fixtures lack {scheme}");
     }
 }
@@ -418,61 +541,141 @@ async fn every_scheme_forwards_verified_and_rejects_the_rest() {
 
         // A genuine delivery reaches the application byte-identical, with the markers.
         let answer = post(addr, &path, &good, &body).await;
-        assert_eq!(answer.status, 200, "{}: {}", s.name, String::from_utf8_lossy(&answer.body));
+        assert_eq!(
+            answer.status,
+            200,
+            "{}: {}",
+            s.name,
+            String::from_utf8_lossy(&answer.body)
+        );
         assert_eq!(&answer.body[..], b"app says hi");
         assert_eq!(answer.headers["x-app"], "yes");
         let got = app_server.next().await;
         assert_eq!(got.method, http::Method::POST);
         assert_eq!(got.uri.path(), format!("/hooks/{}", s.name));
-        assert_eq!(&got.body[..], &body[..], "{}: body must be byte-identical", s.name);
+        assert_eq!(
+            &got.body[..],
+            &body[..],
+            "{}: body must be byte-identical",
+            s.name
+        );
         assert_eq!(got.headers["x-outpost-webhook"], s.name);
         assert_eq!(got.headers["x-outpost-verified"], s.scheme.name());
-        let sig_value = &good.iter().find(|(k, _)| k.eq_ignore_ascii_case(s.header)).unwrap().1;
-        assert_eq!(got.headers[s.header], sig_value.as_str(), "{}: signature header forwarded", s.name);
+        let sig_value = &good
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(s.header))
+            .unwrap()
+            .1;
+        assert_eq!(
+            got.headers[s.header],
+            sig_value.as_str(),
+            "{}: signature header forwarded",
+            s.name
+        );
 
         // One byte changed.
         let mut tampered = body.clone();
         let last = tampered.len() - 2;
         tampered[last] ^= 0x01;
         let a = post(addr, &path, &good, &tampered).await;
-        assert_rejected(&a, 401, "webhook_signature_invalid", &format!("{} one byte", s.name));
+        assert_rejected(
+            &a,
+            401,
+            "webhook_signature_invalid",
+            &format!("{} one byte", s.name),
+        );
 
         // Wrong secret.
         let a = post(addr, &path, &sign(s, &s.wrong, &body, now, None), &body).await;
-        assert_rejected(&a, 401, "webhook_signature_invalid", &format!("{} wrong secret", s.name));
+        assert_rejected(
+            &a,
+            401,
+            "webhook_signature_invalid",
+            &format!("{} wrong secret", s.name),
+        );
 
         // Missing signature header.
         let a = post(addr, &path, &without(&good, s.header), &body).await;
-        assert_rejected(&a, 400, "webhook_signature_missing", &format!("{} missing", s.name));
+        assert_rejected(
+            &a,
+            400,
+            "webhook_signature_missing",
+            &format!("{} missing", s.name),
+        );
 
         // Malformed header values, including bytes that are not text.
-        for garbage in ["garbage", "t=,v1=,,==", "v1,", "sha256=zz", "\u{00e9}\u{00e9}"] {
+        for garbage in [
+            "garbage",
+            "t=,v1=,,==",
+            "v1,",
+            "sha256=zz",
+            "\u{00e9}\u{00e9}",
+        ] {
             let a = post(addr, &path, &replaced(&good, s.header, garbage), &body).await;
-            assert!(a.status == 400 || a.status == 401, "{} malformed {garbage:?}: {}", s.name, a.status);
+            assert!(
+                a.status == 400 || a.status == 401,
+                "{} malformed {garbage:?}: {}",
+                s.name,
+                a.status
+            );
             if a.status == 400 {
                 missing += 1;
             } else {
                 invalid += 1;
             }
-            assert!(a.error_type().starts_with("webhook_signature_"), "{} malformed {garbage:?}", s.name);
+            assert!(
+                a.error_type().starts_with("webhook_signature_"),
+                "{} malformed {garbage:?}",
+                s.name
+            );
         }
 
         // Stale and far-future timestamps.
         if s.timestamped {
             for ts in [now - 3600, now + 3600] {
-                let a = post(addr, &path, &sign(s, &s.signing, &body, ts, Some(&format!("old-{ts}"))), &body).await;
-                assert_rejected(&a, 401, "webhook_timestamp_out_of_tolerance", &format!("{} ts {ts}", s.name));
+                let a = post(
+                    addr,
+                    &path,
+                    &sign(s, &s.signing, &body, ts, Some(&format!("old-{ts}"))),
+                    &body,
+                )
+                .await;
+                assert_rejected(
+                    &a,
+                    401,
+                    "webhook_timestamp_out_of_tolerance",
+                    &format!("{} ts {ts}", s.name),
+                );
             }
         }
-        assert!(app_server.drain().is_empty(), "{}: a rejected delivery was forwarded", s.name);
+        assert!(
+            app_server.drain().is_empty(),
+            "{}: a rejected delivery was forwarded",
+            s.name
+        );
         expected.push((invalid, missing));
     }
 
     for (s, (invalid, missing)) in all.iter().zip(expected) {
         assert_eq!(metric(&outpost, s.name, "verified"), 1, "{}", s.name);
-        assert_eq!(metric(&outpost, s.name, "signature_invalid"), invalid, "{}", s.name);
-        assert_eq!(metric(&outpost, s.name, "signature_missing"), missing, "{}", s.name);
-        assert_eq!(metric(&outpost, s.name, "stale"), if s.timestamped { 2 } else { 0 }, "{}", s.name);
+        assert_eq!(
+            metric(&outpost, s.name, "signature_invalid"),
+            invalid,
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            metric(&outpost, s.name, "signature_missing"),
+            missing,
+            "{}",
+            s.name
+        );
+        assert_eq!(
+            metric(&outpost, s.name, "stale"),
+            if s.timestamped { 2 } else { 0 },
+            "{}",
+            s.name
+        );
     }
     outpost.shutdown().await;
 }
@@ -480,7 +683,10 @@ async fn every_scheme_forwards_verified_and_rejects_the_rest() {
 #[tokio::test]
 async fn stripe_v0_only_is_missing_and_second_v1_is_accepted() {
     let mut app_server = Recorder::start().await;
-    let all: Vec<Scheme> = schemes().into_iter().filter(|s| s.name == "stripe").collect();
+    let all: Vec<Scheme> = schemes()
+        .into_iter()
+        .filter(|s| s.name == "stripe")
+        .collect();
     let outpost = start(&webhooks_yaml(&all, app_server.addr)).await;
     let addr = whaddr(&outpost);
     let body = br#"{"id":"evt_v1v1"}"#;
@@ -489,11 +695,23 @@ async fn stripe_v0_only_is_missing_and_second_v1_is_accepted() {
     let v1 = good[0].1.split_once(",v1=").unwrap().1.to_string();
 
     let v0_only = format!("t={now},v0={v1}");
-    let a = post(addr, "/stripe", &replaced(&good, "Stripe-Signature", &v0_only), body).await;
+    let a = post(
+        addr,
+        "/stripe",
+        &replaced(&good, "Stripe-Signature", &v0_only),
+        body,
+    )
+    .await;
     assert_rejected(&a, 400, "webhook_signature_missing", "v0 only");
 
     let two = format!("t={now},v1={},v1={v1},v0=abc", "0".repeat(64));
-    let a = post(addr, "/stripe", &replaced(&good, "Stripe-Signature", &two), body).await;
+    let a = post(
+        addr,
+        "/stripe",
+        &replaced(&good, "Stripe-Signature", &two),
+        body,
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(&app_server.next().await.body[..], body);
     outpost.shutdown().await;
@@ -516,7 +734,16 @@ async fn secret_file_with_trailing_newline_and_rotation() {
     let mut spec = Spec::new(WebhookScheme::Hmac, vec![Secret::new("file-secret")]);
     spec.header = Some(HeaderName::from_static("x-sig"));
     let body = b"{\"rotated\":true}";
-    let lines = provider_headers(&spec, &SignInput { body, timestamp: 0, id: None, url: None }).unwrap();
+    let lines = provider_headers(
+        &spec,
+        &SignInput {
+            body,
+            timestamp: 0,
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap();
     let a = post(addr, "/partner", &pairs(&lines), body).await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(&app_server.next().await.body[..], body);
@@ -525,10 +752,33 @@ async fn secret_file_with_trailing_newline_and_rotation() {
     std::fs::write(&file, "rotated-secret\n").unwrap();
     outpost.apply(load(&base_yaml("  {}", &yaml))).unwrap();
     let body2 = b"{\"rotated\":2}";
-    let old = provider_headers(&spec, &SignInput { body: body2, timestamp: 0, id: None, url: None }).unwrap();
-    assert_rejected(&post(addr, "/partner", &old, body2).await, 401, "webhook_signature_invalid", "old file secret");
+    let old = provider_headers(
+        &spec,
+        &SignInput {
+            body: body2,
+            timestamp: 0,
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap();
+    assert_rejected(
+        &post(addr, "/partner", &old, body2).await,
+        401,
+        "webhook_signature_invalid",
+        "old file secret",
+    );
     spec.secrets = vec![Secret::new("rotated-secret")];
-    let new = provider_headers(&spec, &SignInput { body: body2, timestamp: 0, id: None, url: None }).unwrap();
+    let new = provider_headers(
+        &spec,
+        &SignInput {
+            body: body2,
+            timestamp: 0,
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap();
     assert_eq!(post(addr, "/partner", &new, body2).await.status, 200);
     assert_eq!(&app_server.next().await.body[..], body2);
     outpost.shutdown().await;
@@ -542,7 +792,10 @@ async fn secret_file_with_trailing_newline_and_rotation() {
 #[tokio::test]
 async fn replay_is_answered_without_a_second_forward() {
     let mut app_server = Recorder::start().await;
-    let all: Vec<Scheme> = schemes().into_iter().filter(|s| matches!(s.name, "standard" | "github")).collect();
+    let all: Vec<Scheme> = schemes()
+        .into_iter()
+        .filter(|s| matches!(s.name, "standard" | "github"))
+        .collect();
     let outpost = start(&webhooks_yaml(&all, app_server.addr)).await;
     let addr = whaddr(&outpost);
     for s in &all {
@@ -557,9 +810,16 @@ async fn replay_is_answered_without_a_second_forward() {
         // GitHub's delivery id is not signed: a new id on a captured delivery is still a replay.
         let renamed = replaced(&lines, "X-GitHub-Delivery", "delivery-2");
         if s.name == "github" {
-            assert_eq!(post(addr, &path, &renamed, &body).await.headers["x-outpost-replayed"], "true");
+            assert_eq!(
+                post(addr, &path, &renamed, &body).await.headers["x-outpost-replayed"],
+                "true"
+            );
         }
-        assert!(app_server.drain().is_empty(), "{}: replay forwarded", s.name);
+        assert!(
+            app_server.drain().is_empty(),
+            "{}: replay forwarded",
+            s.name
+        );
         assert!(metric(&outpost, s.name, "replayed") >= 1);
     }
     outpost.shutdown().await;
@@ -571,7 +831,10 @@ async fn app_down_then_back_and_app_5xx_are_retried_by_the_provider() {
     let parked = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let app_addr = parked.local_addr().unwrap();
     drop(parked);
-    let all: Vec<Scheme> = schemes().into_iter().filter(|s| s.name == "stripe").collect();
+    let all: Vec<Scheme> = schemes()
+        .into_iter()
+        .filter(|s| s.name == "stripe")
+        .collect();
     let outpost = start(&webhooks_yaml(&all, app_addr)).await;
     let addr = whaddr(&outpost);
     let body = br#"{"id":"evt_down"}"#;
@@ -596,7 +859,10 @@ async fn app_down_then_back_and_app_5xx_are_retried_by_the_provider() {
     assert!(a.headers.get("x-outpost-replayed").is_none());
     assert_eq!(&app_server.next().await.body[..], body);
     // Now it is remembered.
-    assert_eq!(post(addr, "/stripe", &lines, body).await.headers["x-outpost-replayed"], "true");
+    assert_eq!(
+        post(addr, "/stripe", &lines, body).await.headers["x-outpost-replayed"],
+        "true"
+    );
     assert!(app_server.drain().is_empty());
     outpost.shutdown().await;
 }
@@ -604,7 +870,10 @@ async fn app_down_then_back_and_app_5xx_are_retried_by_the_provider() {
 #[tokio::test]
 async fn app_4xx_passes_through_and_is_not_remembered() {
     let mut app_server = Recorder::start().await;
-    let all: Vec<Scheme> = schemes().into_iter().filter(|s| s.name == "shopify").collect();
+    let all: Vec<Scheme> = schemes()
+        .into_iter()
+        .filter(|s| s.name == "shopify")
+        .collect();
     let outpost = start(&webhooks_yaml(&all, app_server.addr)).await;
     let addr = whaddr(&outpost);
     let body = body_for(&all[0]);
@@ -629,16 +898,38 @@ async fn too_large_unknown_path_and_query_forwarding() {
     let addr = whaddr(&outpost);
     let spec = Spec::new(WebhookScheme::Github, vec![Secret::new("s")]);
     let big = vec![b'a'; 65];
-    let lines = provider_headers(&spec, &SignInput { body: &big, timestamp: 0, id: None, url: None }).unwrap();
-    assert_rejected(&post(addr, "/small", &lines, &big).await, 413, "payload_too_large", "content-length");
+    let lines = provider_headers(
+        &spec,
+        &SignInput {
+            body: &big,
+            timestamp: 0,
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap();
+    assert_rejected(
+        &post(addr, "/small", &lines, &big).await,
+        413,
+        "payload_too_large",
+        "content-length",
+    );
 
     // Chunked, no Content-Length: the limited read catches it.
-    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..5).map(|_| Ok(Frame::data(Bytes::from_static(&[b'a'; 20])))).collect();
-    let mut req = Request::post(format!("http://{addr}/small")).body(StreamBody::new(futures_util::stream::iter(chunks))).unwrap();
+    let chunks: Vec<Result<Frame<Bytes>, Infallible>> = (0..5)
+        .map(|_| Ok(Frame::data(Bytes::from_static(&[b'a'; 20]))))
+        .collect();
+    let mut req = Request::post(format!("http://{addr}/small"))
+        .body(StreamBody::new(futures_util::stream::iter(chunks)))
+        .unwrap();
     for (k, v) in &lines {
-        req.headers_mut().insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        req.headers_mut().insert(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
-    let streaming: Client<HttpConnector, _> = Client::builder(TokioExecutor::new()).build(HttpConnector::new());
+    let streaming: Client<HttpConnector, _> =
+        Client::builder(TokioExecutor::new()).build(HttpConnector::new());
     let response = guard("chunked post", streaming.request(req)).await.unwrap();
     assert_eq!(response.status(), 413);
     assert_eq!(response.headers()["x-outpost-error"], "payload_too_large");
@@ -657,28 +948,58 @@ async fn too_large_unknown_path_and_query_forwarding() {
         s
     };
     let url = "https://hooks.example.com/twilio?tenant=a%2Fb&x=1";
-    let mut lines = provider_headers(&tspec, &SignInput { body: form, timestamp: 0, id: None, url: Some(url) }).unwrap();
-    lines.push(("Content-Type".into(), "application/x-www-form-urlencoded".into()));
+    let mut lines = provider_headers(
+        &tspec,
+        &SignInput {
+            body: form,
+            timestamp: 0,
+            id: None,
+            url: Some(url),
+        },
+    )
+    .unwrap();
+    lines.push((
+        "Content-Type".into(),
+        "application/x-www-form-urlencoded".into(),
+    ));
     let a = post(addr, "/twilio?tenant=a%2Fb&x=1", &lines, form).await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     let got = app_server.next().await;
-    assert_eq!(got.uri.path_and_query().unwrap().as_str(), "/tw?tenant=a%2Fb&x=1");
+    assert_eq!(
+        got.uri.path_and_query().unwrap().as_str(),
+        "/tw?tenant=a%2Fb&x=1"
+    );
     // The same request on another query does not verify.
-    assert_rejected(&post(addr, "/twilio?tenant=c&x=1", &lines, form).await, 401, "webhook_signature_invalid", "twilio query");
+    assert_rejected(
+        &post(addr, "/twilio?tenant=c&x=1", &lines, form).await,
+        401,
+        "webhook_signature_invalid",
+        "twilio query",
+    );
     outpost.shutdown().await;
 }
 
 #[tokio::test]
 async fn http2_prior_knowledge_is_served() {
     let mut app_server = Recorder::start().await;
-    let all: Vec<Scheme> = schemes().into_iter().filter(|s| s.name == "slack").collect();
+    let all: Vec<Scheme> = schemes()
+        .into_iter()
+        .filter(|s| s.name == "slack")
+        .collect();
     let outpost = start(&webhooks_yaml(&all, app_server.addr)).await;
     let body = body_for(&all[0]);
     let lines = sign(&all[0], "slack-secret", &body, now_unix(), None);
-    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new()).http2_only(true).build(HttpConnector::new());
-    let mut req = Request::post(format!("http://{}/slack", whaddr(&outpost))).body(Full::new(Bytes::from(body.clone()))).unwrap();
+    let h2: Client<HttpConnector, Full<Bytes>> = Client::builder(TokioExecutor::new())
+        .http2_only(true)
+        .build(HttpConnector::new());
+    let mut req = Request::post(format!("http://{}/slack", whaddr(&outpost)))
+        .body(Full::new(Bytes::from(body.clone())))
+        .unwrap();
     for (k, v) in &lines {
-        req.headers_mut().insert(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        req.headers_mut().insert(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     let response = guard("h2 post", h2.request(req)).await.unwrap();
     assert_eq!(response.status(), 200);
@@ -689,7 +1010,11 @@ async fn http2_prior_knowledge_is_served() {
 
 #[tokio::test]
 async fn no_webhooks_no_listener() {
-    let outpost = App::start(load("version: 1\nlisten: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nwebhook_listen: 127.0.0.1:0\n")).await.unwrap();
+    let outpost = App::start(load(
+        "version: 1\nlisten: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nwebhook_listen: 127.0.0.1:0\n",
+    ))
+    .await
+    .unwrap();
     assert!(outpost.webhook_addr.is_none());
     outpost.shutdown().await;
 }
@@ -709,22 +1034,51 @@ async fn outbound_signing_verifies_with_our_verifier() {
     let app = outpost.app_addr;
     let body = br#"{"type":"invoice.paid","amount":  42}"#;
 
-    let a = post(app, "/customer-hooks/deliver", &[("content-type".into(), "application/json".into())], body).await;
+    let a = post(
+        app,
+        "/customer-hooks/deliver",
+        &[("content-type".into(), "application/json".into())],
+        body,
+    )
+    .await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     let got = upstream.next().await;
     assert_eq!(&got.body[..], body);
-    assert!(got.headers["webhook-id"].to_str().unwrap().starts_with("msg_"));
-    assert!(got.headers["webhook-signature"].to_str().unwrap().starts_with("v1,"));
-    let verifier = Verifier::new(Spec::new(WebhookScheme::StandardWebhooks, vec![Secret::new(WHSEC)])).unwrap();
-    verifier.verify(&got.headers, &got.body, None, now_unix()).expect("standard webhooks signature verifies");
+    assert!(got.headers["webhook-id"]
+        .to_str()
+        .unwrap()
+        .starts_with("msg_"));
+    assert!(got.headers["webhook-signature"]
+        .to_str()
+        .unwrap()
+        .starts_with("v1,"));
+    let verifier = Verifier::new(Spec::new(
+        WebhookScheme::StandardWebhooks,
+        vec![Secret::new(WHSEC)],
+    ))
+    .unwrap();
+    verifier
+        .verify(&got.headers, &got.body, None, now_unix())
+        .expect("standard webhooks signature verifies");
 
     // The application's own webhook-id is kept (its retries of one message keep one id).
-    let a = post(app, "/customer-hooks/deliver", &[("webhook-id".into(), "msg_app_chosen".into()), ("webhook-signature".into(), "v1,forged".into())], body).await;
+    let a = post(
+        app,
+        "/customer-hooks/deliver",
+        &[
+            ("webhook-id".into(), "msg_app_chosen".into()),
+            ("webhook-signature".into(), "v1,forged".into()),
+        ],
+        body,
+    )
+    .await;
     assert_eq!(a.status, 200);
     let got = upstream.next().await;
     assert_eq!(got.headers["webhook-id"], "msg_app_chosen");
     assert_eq!(got.headers.get_all("webhook-signature").iter().count(), 1);
-    assert!(verifier.verify(&got.headers, &got.body, None, now_unix()).is_ok());
+    assert!(verifier
+        .verify(&got.headers, &got.body, None, now_unix())
+        .is_ok());
 
     let a = post(app, "/partner-hooks/x", &[], body).await;
     assert_eq!(a.status, 200);
@@ -732,7 +1086,10 @@ async fn outbound_signing_verifies_with_our_verifier() {
     let mut spec = Spec::new(WebhookScheme::Hmac, vec![Secret::new("partner-key")]);
     spec.header = Some(HeaderName::from_static("x-signature"));
     spec.prefix = "sha256=".into();
-    Verifier::new(spec).unwrap().verify(&got.headers, &got.body, None, now_unix()).expect("hmac signature verifies");
+    Verifier::new(spec)
+        .unwrap()
+        .verify(&got.headers, &got.body, None, now_unix())
+        .expect("hmac signature verifies");
 
     // Bodies over the signing limit (1 MiB by default) are refused, not sent unsigned.
     let big = vec![b'x'; 1024 * 1024 + 1];
@@ -758,25 +1115,91 @@ fn outpost_cli(args: &[&str], stdin: &[u8]) -> (i32, String, String) {
         .expect("run outpost");
     child.stdin.take().unwrap().write_all(stdin).unwrap();
     let out = child.wait_with_output().unwrap();
-    (out.status.code().unwrap_or(-1), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned())
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 #[test]
 fn cli_sign_matches_the_published_stripe_vector_and_verify_round_trips() {
     let body = br#"{"id":"evt_test_webhook","object":"event"}"#;
-    let (code, out, err) = outpost_cli(&["webhook", "sign", "--scheme", "stripe", "--secret", "whsec_test_secret", "--timestamp", "1700000000"], body);
+    let (code, out, err) = outpost_cli(
+        &[
+            "webhook",
+            "sign",
+            "--scheme",
+            "stripe",
+            "--secret",
+            "whsec_test_secret",
+            "--timestamp",
+            "1700000000",
+        ],
+        body,
+    );
     assert_eq!(code, 0, "{err}");
     assert_eq!(out.trim(), "Stripe-Signature: t=1700000000,v1=d95c6b7477fbd7e9f90b1b0ef5f9c7ac25abca5382460e0d988c2b2a5b71b990");
     let header = out.trim().to_string();
-    let (code, out, _) = outpost_cli(&["webhook", "verify", "--scheme", "stripe", "--secret", "whsec_test_secret", "--tolerance", "off", "-H", &header], body);
+    let (code, out, _) = outpost_cli(
+        &[
+            "webhook",
+            "verify",
+            "--scheme",
+            "stripe",
+            "--secret",
+            "whsec_test_secret",
+            "--tolerance",
+            "off",
+            "-H",
+            &header,
+        ],
+        body,
+    );
     assert_eq!((code, out.trim()), (0, "valid"));
-    let (code, _, err) = outpost_cli(&["webhook", "verify", "--scheme", "stripe", "--secret", "whsec_test_secret", "-H", &header], body);
+    let (code, _, err) = outpost_cli(
+        &[
+            "webhook",
+            "verify",
+            "--scheme",
+            "stripe",
+            "--secret",
+            "whsec_test_secret",
+            "-H",
+            &header,
+        ],
+        body,
+    );
     assert_eq!(code, 1);
     assert!(err.contains("webhook_timestamp_out_of_tolerance"), "{err}");
-    let (code, _, err) = outpost_cli(&["webhook", "verify", "--scheme", "stripe", "--secret", "whsec_test_secret", "--tolerance", "off", "-H", &header], b"{}");
+    let (code, _, err) = outpost_cli(
+        &[
+            "webhook",
+            "verify",
+            "--scheme",
+            "stripe",
+            "--secret",
+            "whsec_test_secret",
+            "--tolerance",
+            "off",
+            "-H",
+            &header,
+        ],
+        b"{}",
+    );
     assert_eq!(code, 1);
     assert!(err.contains("invalid"), "{err}");
-    let (code, _, err) = outpost_cli(&["webhook", "verify", "--scheme", "stripe", "--secret", "whsec_test_secret"], body);
+    let (code, _, err) = outpost_cli(
+        &[
+            "webhook",
+            "verify",
+            "--scheme",
+            "stripe",
+            "--secret",
+            "whsec_test_secret",
+        ],
+        body,
+    );
     assert_eq!(code, 1);
     assert!(err.contains("webhook_signature_missing"), "{err}");
 }
@@ -790,17 +1213,60 @@ fn cli_every_scheme_round_trips() {
         ("standard_webhooks", WHSEC.into(), WHSEC.into(), vec![]),
         ("slack", "sl".into(), "sl".into(), vec![]),
         ("shopify", "sh".into(), "sh".into(), vec![]),
-        ("twilio", "tw".into(), "tw".into(), vec!["--url", "https://example.com/sms?x=1"]),
+        (
+            "twilio",
+            "tw".into(),
+            "tw".into(),
+            vec!["--url", "https://example.com/sms?x=1"],
+        ),
         ("sendgrid", sg_private, sg_public, vec![]),
-        ("hmac", "hm".into(), "hm".into(), vec!["--header", "X-Sig", "--prefix", "sha1=", "--algorithm", "sha1", "--encoding", "base64", "--timestamp-header", "X-Ts"]),
+        (
+            "hmac",
+            "hm".into(),
+            "hm".into(),
+            vec![
+                "--header",
+                "X-Sig",
+                "--prefix",
+                "sha1=",
+                "--algorithm",
+                "sha1",
+                "--encoding",
+                "base64",
+                "--timestamp-header",
+                "X-Ts",
+            ],
+        ),
     ];
     for (scheme, sign_secret, verify_secret, extra) in cases {
-        let body: &[u8] = if scheme == "twilio" { b"A=1&B=two+words" } else { b"{\"x\": 1}" };
-        let mut args = vec!["webhook", "sign", "--scheme", scheme, "--secret", &sign_secret, "--timestamp", &now];
+        let body: &[u8] = if scheme == "twilio" {
+            b"A=1&B=two+words"
+        } else {
+            b"{\"x\": 1}"
+        };
+        let mut args = vec![
+            "webhook",
+            "sign",
+            "--scheme",
+            scheme,
+            "--secret",
+            &sign_secret,
+            "--timestamp",
+            &now,
+        ];
         args.extend(&extra);
         let (code, out, err) = outpost_cli(&args, body);
         assert_eq!(code, 0, "{scheme}: {err}");
-        let mut verify = vec!["webhook".to_string(), "verify".into(), "--scheme".into(), scheme.into(), "--secret".into(), "wrong-first".into(), "--secret".into(), verify_secret.clone()];
+        let mut verify = vec![
+            "webhook".to_string(),
+            "verify".into(),
+            "--scheme".into(),
+            scheme.into(),
+            "--secret".into(),
+            "wrong-first".into(),
+            "--secret".into(),
+            verify_secret.clone(),
+        ];
         if scheme == "sendgrid" || scheme == "standard_webhooks" {
             verify.truncate(4);
             verify.extend(["--secret".into(), verify_secret.clone()]);
@@ -822,18 +1288,54 @@ fn cli_every_scheme_round_trips() {
 fn cli_help_and_usage_errors() {
     let (code, out, _) = outpost_cli(&["webhook", "sign", "--help"], b"");
     assert_eq!(code, 0);
-    for word in ["--scheme", "--secret", "--timestamp", "--id", "--url", "standard_webhooks", "sendgrid", "--header"] {
+    for word in [
+        "--scheme",
+        "--secret",
+        "--timestamp",
+        "--id",
+        "--url",
+        "standard_webhooks",
+        "sendgrid",
+        "--header",
+    ] {
         assert!(out.contains(word), "help lacks {word}:\n{out}");
     }
     let (code, out, _) = outpost_cli(&["webhook", "verify", "--help"], b"");
     assert_eq!(code, 0);
     assert!(out.contains("-H") && out.contains("--tolerance"), "{out}");
-    let (code, _, err) = outpost_cli(&["webhook", "verify", "--scheme", "standard_webhooks", "--secret", "whsec_***", "-H", "webhook-id: x"], b"");
+    let (code, _, err) = outpost_cli(
+        &[
+            "webhook",
+            "verify",
+            "--scheme",
+            "standard_webhooks",
+            "--secret",
+            "whsec_***",
+            "-H",
+            "webhook-id: x",
+        ],
+        b"",
+    );
     assert_eq!(code, 2, "a bad secret is a usage error: {err}");
     assert!(!err.contains("***"), "the secret is not echoed: {err}");
     std::env::set_var("OUTPOST_TEST_CLI_SECRET", "from-env");
-    let (code, out, err) = outpost_cli(&["webhook", "sign", "--scheme", "github", "--secret", "${env:OUTPOST_TEST_CLI_SECRET}"], b"x");
+    let (code, out, err) = outpost_cli(
+        &[
+            "webhook",
+            "sign",
+            "--scheme",
+            "github",
+            "--secret",
+            "${env:OUTPOST_TEST_CLI_SECRET}",
+        ],
+        b"x",
+    );
     assert_eq!(code, 0, "{err}");
-    let (_, direct, _) = outpost_cli(&["webhook", "sign", "--scheme", "github", "--secret", "from-env"], b"x");
+    let (_, direct, _) = outpost_cli(
+        &[
+            "webhook", "sign", "--scheme", "github", "--secret", "from-env",
+        ],
+        b"x",
+    );
     assert_eq!(out, direct);
 }

@@ -48,7 +48,11 @@ Example:
 pub enum SchemeArg {
     Stripe,
     Github,
-    #[value(name = "standard_webhooks", alias = "standard-webhooks", alias = "svix")]
+    #[value(
+        name = "standard_webhooks",
+        alias = "standard-webhooks",
+        alias = "svix"
+    )]
     StandardWebhooks,
     Slack,
     Shopify,
@@ -181,16 +185,32 @@ pub fn run(command: WebhookCommand) -> i32 {
 }
 
 fn resolve(text: &str) -> Result<Secret, String> {
-    SecretTemplate::parse(text).and_then(|t| t.resolve(Path::new("."))).map_err(|e| format!("--secret: {e}"))
+    SecretTemplate::parse(text)
+        .and_then(|t| t.resolve(Path::new(".")))
+        .map_err(|e| format!("--secret: {e}"))
 }
 
 fn spec(scheme: SchemeArg, secrets: &[String], hmac: &HmacArgs) -> Result<Spec, String> {
     let scheme = WebhookScheme::from(scheme);
-    let secrets = secrets.iter().map(|s| resolve(s)).collect::<Result<Vec<_>, _>>()?;
+    let secrets = secrets
+        .iter()
+        .map(|s| resolve(s))
+        .collect::<Result<Vec<_>, _>>()?;
     let mut spec = Spec::new(scheme, secrets);
-    let name = |flag: &str, text: &str| HeaderName::from_bytes(text.as_bytes()).map_err(|_| format!("{flag}: `{text}` is not a header name"));
-    spec.header = hmac.header.as_deref().map(|h| name("--header", h)).transpose()?;
-    spec.timestamp_header = hmac.timestamp_header.as_deref().map(|h| name("--timestamp-header", h)).transpose()?;
+    let name = |flag: &str, text: &str| {
+        HeaderName::from_bytes(text.as_bytes())
+            .map_err(|_| format!("{flag}: `{text}` is not a header name"))
+    };
+    spec.header = hmac
+        .header
+        .as_deref()
+        .map(|h| name("--header", h))
+        .transpose()?;
+    spec.timestamp_header = hmac
+        .timestamp_header
+        .as_deref()
+        .map(|h| name("--timestamp-header", h))
+        .transpose()?;
     spec.prefix = hmac.prefix.clone();
     spec.algorithm = match hmac.algorithm {
         AlgorithmArg::Sha1 => HmacAlgorithm::Sha1,
@@ -216,7 +236,12 @@ fn sign(args: SignArgs, body: &[u8]) -> Result<i32, String> {
         eprintln!("url: {with_hash}");
         url = Some(with_hash);
     }
-    let input = SignInput { body, timestamp: args.timestamp.unwrap_or_else(now_unix), id: args.id.as_deref(), url: url.as_deref() };
+    let input = SignInput {
+        body,
+        timestamp: args.timestamp.unwrap_or_else(now_unix),
+        id: args.id.as_deref(),
+        url: url.as_deref(),
+    };
     let lines = provider_headers(&spec, &input)?;
     if spec.scheme == WebhookScheme::Sendgrid {
         if let Ok(public) = super::sendgrid::public_key_of(spec.secrets[0].expose()) {
@@ -246,9 +271,13 @@ fn verify(args: VerifyArgs, body: &[u8]) -> Result<i32, String> {
     spec.public_url = public_url;
     let mut headers = HeaderMap::new();
     for line in &args.headers {
-        let (name, value) = line.split_once(':').ok_or_else(|| format!("-H `{line}`: expected `Name: value`"))?;
-        let name = HeaderName::from_bytes(name.trim().as_bytes()).map_err(|_| format!("-H: `{}` is not a header name", name.trim()))?;
-        let value = HeaderValue::from_str(value.trim()).map_err(|_| format!("-H {name}: the value is not valid in a header"))?;
+        let (name, value) = line
+            .split_once(':')
+            .ok_or_else(|| format!("-H `{line}`: expected `Name: value`"))?;
+        let name = HeaderName::from_bytes(name.trim().as_bytes())
+            .map_err(|_| format!("-H: `{}` is not a header name", name.trim()))?;
+        let value = HeaderValue::from_str(value.trim())
+            .map_err(|_| format!("-H {name}: the value is not valid in a header"))?;
         headers.append(name, value);
     }
     let verifier = Verifier::new(spec)?;

@@ -190,17 +190,26 @@ impl Verifier {
                 spec.secrets
                     .iter()
                     .enumerate()
-                    .map(|(i, s)| sendgrid::public_key(s.expose()).map_err(|e| format!("secrets[{i}]: {e}")))
+                    .map(|(i, s)| {
+                        sendgrid::public_key(s.expose()).map_err(|e| format!("secrets[{i}]: {e}"))
+                    })
                     .collect::<Result<_, _>>()?,
             ),
             WebhookScheme::StandardWebhooks => Keys::Hmac(
                 spec.secrets
                     .iter()
                     .enumerate()
-                    .map(|(i, s)| standard::secret_key(s.expose()).map_err(|e| format!("secrets[{i}]: {e}")))
+                    .map(|(i, s)| {
+                        standard::secret_key(s.expose()).map_err(|e| format!("secrets[{i}]: {e}"))
+                    })
                     .collect::<Result<_, _>>()?,
             ),
-            _ => Keys::Hmac(spec.secrets.iter().map(|s| KeyBytes(s.expose().as_bytes().to_vec())).collect()),
+            _ => Keys::Hmac(
+                spec.secrets
+                    .iter()
+                    .map(|s| KeyBytes(s.expose().as_bytes().to_vec()))
+                    .collect(),
+            ),
         };
         if spec.scheme == WebhookScheme::Hmac && spec.header.is_none() {
             return Err("scheme `hmac` needs a signature header".into());
@@ -221,15 +230,31 @@ impl Verifier {
 
     /// Verify one delivery. `query` is the request's query string (Twilio signs it), `now` the
     /// current Unix time in seconds.
-    pub fn verify(&self, headers: &HeaderMap, body: &[u8], query: Option<&str>, now: i64) -> Result<Verified, Rejection> {
-        let d = Delivery { headers, body, query, now, tolerance: self.spec.tolerance };
+    pub fn verify(
+        &self,
+        headers: &HeaderMap,
+        body: &[u8],
+        query: Option<&str>,
+        now: i64,
+    ) -> Result<Verified, Rejection> {
+        let d = Delivery {
+            headers,
+            body,
+            query,
+            now,
+            tolerance: self.spec.tolerance,
+        };
         match (&self.keys, self.spec.scheme) {
             (Keys::Hmac(keys), WebhookScheme::Stripe) => stripe::verify(keys, &d),
             (Keys::Hmac(keys), WebhookScheme::Github) => github::verify(keys, &d),
             (Keys::Hmac(keys), WebhookScheme::StandardWebhooks) => standard::verify(keys, &d),
             (Keys::Hmac(keys), WebhookScheme::Slack) => slack::verify(keys, &d),
             (Keys::Hmac(keys), WebhookScheme::Shopify) => shopify::verify(keys, &d),
-            (Keys::Hmac(keys), WebhookScheme::Twilio) => twilio::verify(keys, &d, self.spec.public_url.as_deref().unwrap_or_default()),
+            (Keys::Hmac(keys), WebhookScheme::Twilio) => twilio::verify(
+                keys,
+                &d,
+                self.spec.public_url.as_deref().unwrap_or_default(),
+            ),
             (Keys::Hmac(keys), WebhookScheme::Hmac) => hmac_generic::verify(keys, &d, &self.spec),
             (Keys::Ecdsa(keys), WebhookScheme::Sendgrid) => sendgrid::verify(keys, &d),
             _ => Err(Rejection::invalid("verifier keys do not match the scheme")),
@@ -265,19 +290,29 @@ impl Delivery<'_> {
         match self.header(names)? {
             Some((name, value)) if !value.is_empty() => Ok((name, value)),
             Some((name, _)) => Err(Rejection::missing(format!("{name} header is empty"))),
-            None => Err(Rejection::missing(format!("{} header is missing", names[0]))),
+            None => Err(Rejection::missing(format!(
+                "{} header is missing",
+                names[0]
+            ))),
         }
     }
 
     /// Check a signed Unix timestamp against the tolerance, in both directions.
     fn check_time(&self, timestamp: i64) -> Result<(), Rejection> {
-        let Some(tolerance) = self.tolerance else { return Ok(()) };
+        let Some(tolerance) = self.tolerance else {
+            return Ok(());
+        };
         let skew = i128::from(self.now) - i128::from(timestamp);
         let limit = i128::from(tolerance.as_secs());
         if skew > limit {
-            Err(Rejection::Stale(format!("timestamp is {skew}s old, more than the {limit}s tolerance")))
+            Err(Rejection::Stale(format!(
+                "timestamp is {skew}s old, more than the {limit}s tolerance"
+            )))
         } else if -skew > limit {
-            Err(Rejection::Stale(format!("timestamp is {}s in the future, more than the {limit}s tolerance", -skew)))
+            Err(Rejection::Stale(format!(
+                "timestamp is {}s in the future, more than the {limit}s tolerance",
+                -skew
+            )))
         } else {
             Ok(())
         }
@@ -288,9 +323,12 @@ impl Delivery<'_> {
 fn parse_timestamp(name: &str, text: &str) -> Result<i64, Rejection> {
     let text = text.trim();
     if text.is_empty() || text.len() > 18 || !text.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(Rejection::missing(format!("{name} is not a Unix timestamp")));
+        return Err(Rejection::missing(format!(
+            "{name} is not a Unix timestamp"
+        )));
     }
-    text.parse().map_err(|_| Rejection::missing(format!("{name} is not a Unix timestamp")))
+    text.parse()
+        .map_err(|_| Rejection::missing(format!("{name} is not a Unix timestamp")))
 }
 
 /// Seconds since the Unix epoch.
@@ -303,7 +341,8 @@ pub fn now_unix() -> i64 {
 /// HMAC of the concatenation of `parts`.
 pub(crate) fn mac(algorithm: HmacAlgorithm, key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
     fn run<M: Mac + hmac::digest::KeyInit>(key: &[u8], parts: &[&[u8]]) -> Vec<u8> {
-        let mut m = <M as hmac::digest::KeyInit>::new_from_slice(key).expect("HMAC takes keys of any length");
+        let mut m = <M as hmac::digest::KeyInit>::new_from_slice(key)
+            .expect("HMAC takes keys of any length");
         for part in parts {
             m.update(part);
         }
@@ -323,7 +362,12 @@ pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Try every key against every candidate signature; return the expected MAC that matched.
 /// Every pair is compared, so the time taken does not depend on which one matched.
-pub(crate) fn find_match(keys: &[KeyBytes], algorithm: HmacAlgorithm, parts: &[&[u8]], candidates: &[Vec<u8>]) -> Option<Vec<u8>> {
+pub(crate) fn find_match(
+    keys: &[KeyBytes],
+    algorithm: HmacAlgorithm,
+    parts: &[&[u8]],
+    candidates: &[Vec<u8>],
+) -> Option<Vec<u8>> {
     let mut found = None;
     for key in keys {
         let expected = mac(algorithm, &key.0, parts);
@@ -375,7 +419,10 @@ pub struct SignInput<'a> {
 
 /// The header lines a provider would send for `input`, signed with the spec's first secret
 /// (`sendgrid`: a base64 DER PKCS#8 or PEM P-256 private key).
-pub fn provider_headers(spec: &Spec, input: &SignInput<'_>) -> Result<Vec<(String, String)>, String> {
+pub fn provider_headers(
+    spec: &Spec,
+    input: &SignInput<'_>,
+) -> Result<Vec<(String, String)>, String> {
     let secret = spec.secrets.first().ok_or("a secret is needed")?;
     match spec.scheme {
         WebhookScheme::Stripe => Ok(stripe::sign(secret.expose().as_bytes(), input)),

@@ -59,7 +59,15 @@ const UNTIMESTAMPED_WINDOW: Duration = Duration::from_secs(300);
 type ForwardClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
 
 /// The `result` label values of `outpost_webhooks_total` (DESIGN.md).
-const RESULTS: [&str; 7] = ["verified", "signature_missing", "signature_invalid", "stale", "replayed", "too_large", "forward_failed"];
+const RESULTS: [&str; 7] = [
+    "verified",
+    "signature_missing",
+    "signature_invalid",
+    "stale",
+    "replayed",
+    "too_large",
+    "forward_failed",
+];
 
 /// One configured webhook, ready to serve.
 pub struct Route {
@@ -97,12 +105,31 @@ impl Routes {
     pub fn build(config: &Config, metrics: &Metrics) -> Result<Routes, String> {
         let mut by_path = HashMap::new();
         for hook in &config.webhooks {
-            let verifier = Verifier::from_webhook(hook).map_err(|e| format!("webhooks.{}: {e}", hook.name))?;
+            let verifier =
+                Verifier::from_webhook(hook).map_err(|e| format!("webhooks.{}: {e}", hook.name))?;
             let counters = RESULTS
                 .iter()
-                .map(|r| (*r, metrics.counter(WEBHOOKS_TOTAL, vec![Label::new("webhook", hook.name.clone()), Label::new("result", *r)])))
+                .map(|r| {
+                    (
+                        *r,
+                        metrics.counter(
+                            WEBHOOKS_TOTAL,
+                            vec![
+                                Label::new("webhook", hook.name.clone()),
+                                Label::new("result", *r),
+                            ],
+                        ),
+                    )
+                })
                 .collect();
-            by_path.insert(hook.path.clone(), Arc::new(Route { hook: hook.clone(), verifier, counters }));
+            by_path.insert(
+                hook.path.clone(),
+                Arc::new(Route {
+                    hook: hook.clone(),
+                    verifier,
+                    counters,
+                }),
+            );
         }
         Ok(Routes { by_path })
     }
@@ -126,15 +153,32 @@ impl WebhookServer {
         if config.webhooks.is_empty() {
             return Ok(None);
         }
-        let routes = Arc::new(ArcSwap::from_pointee(Routes::build(config, metrics).map_err(StartError::Build)?));
+        let routes = Arc::new(ArcSwap::from_pointee(
+            Routes::build(config, metrics).map_err(StartError::Build)?,
+        ));
         let addr = config.webhook_listen;
-        let bind_err = |source| StartError::Bind { what: "webhook_listen", addr, source };
+        let bind_err = |source| StartError::Bind {
+            what: "webhook_listen",
+            addr,
+            source,
+        };
         let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
         let local = listener.local_addr().map_err(bind_err)?;
         let receiver = Arc::new(Receiver::new(routes.clone())?);
-        let task = tokio::spawn(serve(listener, receiver, config.limits.clone(), config.drain_timeout, shutdown));
+        let task = tokio::spawn(serve(
+            listener,
+            receiver,
+            config.limits.clone(),
+            config.drain_timeout,
+            shutdown,
+        ));
         tracing::info!(webhook_listen = %local, webhooks = config.webhooks.len(), "webhook receiver ready");
-        Ok(Some(WebhookServer { addr: local, routes, metrics: metrics.clone(), task }))
+        Ok(Some(WebhookServer {
+            addr: local,
+            routes,
+            metrics: metrics.clone(),
+            task,
+        }))
     }
 
     /// Follow a config reload: build the new routes, then swap them in.
@@ -155,7 +199,12 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn new(routes: Arc<ArcSwap<Routes>>) -> Result<Self, StartError> {
-        Ok(Receiver { routes, replay: ReplayCache::default(), client: forward_client()?, ids: RequestIds::default() })
+        Ok(Receiver {
+            routes,
+            replay: ReplayCache::default(),
+            client: forward_client()?,
+            ids: RequestIds::default(),
+        })
     }
 
     pub async fn handle(&self, req: Request<Incoming>) -> Response<BoxBody> {
@@ -164,7 +213,12 @@ impl Receiver {
         let routes = self.routes.load_full();
         let Some(route) = routes.by_path.get(req.uri().path()).cloned() else {
             tracing::info!(target: "outpost::webhook", request_id, webhook = "unknown", result = "unknown_webhook", status = 404u16);
-            return reject("unknown_webhook", StatusCode::NOT_FOUND, "no webhook is configured for this path", &request_id);
+            return reject(
+                "unknown_webhook",
+                StatusCode::NOT_FOUND,
+                "no webhook is configured for this path",
+                &request_id,
+            );
         };
         let (result, reason, response) = self.deliver(&route, req, &request_id).await;
         if let Some(result) = result {
@@ -185,41 +239,95 @@ impl Receiver {
 
     /// Returns the metric result (none for requests that are not deliveries at all), a reason
     /// for the log (never a value from the request), and the answer.
-    async fn deliver(&self, route: &Route, req: Request<Incoming>, request_id: &str) -> (Option<&'static str>, &'static str, Response<BoxBody>) {
+    async fn deliver(
+        &self,
+        route: &Route,
+        req: Request<Incoming>,
+        request_id: &str,
+    ) -> (Option<&'static str>, &'static str, Response<BoxBody>) {
         let hook = &route.hook;
         let limit = hook.max_body_bytes;
-        let too_large = || reject("payload_too_large", StatusCode::PAYLOAD_TOO_LARGE, &format!("webhook body is larger than the {limit} byte limit"), request_id);
-        let declared = req.headers().get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+        let too_large = || {
+            reject(
+                "payload_too_large",
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &format!("webhook body is larger than the {limit} byte limit"),
+                request_id,
+            )
+        };
+        let declared = req
+            .headers()
+            .get(CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
         if declared.is_some_and(|len| len > limit) {
-            return (Some("too_large"), "content-length over the limit", too_large());
+            return (
+                Some("too_large"),
+                "content-length over the limit",
+                too_large(),
+            );
         }
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect().await {
+        let body = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
+            .collect()
+            .await
+        {
             Ok(collected) => collected.to_bytes(),
-            Err(e) if e.is::<http_body_util::LengthLimitError>() => return (Some("too_large"), "body over the limit", too_large()),
+            Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+                return (Some("too_large"), "body over the limit", too_large())
+            }
             Err(_) => {
-                return (None, "body could not be read", reject("bad_request", StatusCode::BAD_REQUEST, "webhook body could not be read", request_id));
+                return (
+                    None,
+                    "body could not be read",
+                    reject(
+                        "bad_request",
+                        StatusCode::BAD_REQUEST,
+                        "webhook body could not be read",
+                        request_id,
+                    ),
+                );
             }
         };
 
-        let verified = match route.verifier.verify(&parts.headers, &body, parts.uri.query(), now_unix()) {
-            Ok(v) => v,
-            Err(rejection) => {
-                let message = format!("{}: {rejection}", hook.name);
-                return (Some(rejection.result()), rejection_reason(&rejection), reject(rejection.kind(), rejection.status(), &message, request_id));
-            }
-        };
+        let verified =
+            match route
+                .verifier
+                .verify(&parts.headers, &body, parts.uri.query(), now_unix())
+            {
+                Ok(v) => v,
+                Err(rejection) => {
+                    let message = format!("{}: {rejection}", hook.name);
+                    return (
+                        Some(rejection.result()),
+                        rejection_reason(&rejection),
+                        reject(rejection.kind(), rejection.status(), &message, request_id),
+                    );
+                }
+            };
 
         let mut keys = vec![replay::key(&hook.name, "signature", &verified.fingerprint)];
         if let Some(id) = &verified.delivery_id {
             keys.push(replay::key(&hook.name, "id", id.as_bytes()));
         }
-        match self.replay.claim(&keys, FORWARD_TIMEOUT + Duration::from_secs(5)) {
+        match self
+            .replay
+            .claim(&keys, FORWARD_TIMEOUT + Duration::from_secs(5))
+        {
             Claim::Fresh => {}
-            Claim::Replayed => return (Some("replayed"), "already delivered", replayed(request_id)),
+            Claim::Replayed => {
+                return (Some("replayed"), "already delivered", replayed(request_id))
+            }
             Claim::InProgress => {
-                let mut response = reject("webhook_delivery_in_progress", StatusCode::CONFLICT, "a copy of this delivery is being forwarded; retry later", request_id);
-                response.headers_mut().insert(RETRY_AFTER, HeaderValue::from_static("5"));
+                let mut response = reject(
+                    "webhook_delivery_in_progress",
+                    StatusCode::CONFLICT,
+                    "a copy of this delivery is being forwarded; retry later",
+                    request_id,
+                );
+                response
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
                 return (Some("replayed"), "copy in flight", response);
             }
         }
@@ -240,8 +348,16 @@ impl Receiver {
             }
             Err(reason) => {
                 self.replay.release(&keys);
-                let message = format!("{}: the application could not be reached ({reason})", hook.name);
-                let mut response = reject("webhook_forward_failed", StatusCode::SERVICE_UNAVAILABLE, &message, request_id);
+                let message = format!(
+                    "{}: the application could not be reached ({reason})",
+                    hook.name
+                );
+                let mut response = reject(
+                    "webhook_forward_failed",
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &message,
+                    request_id,
+                );
                 if let Ok(v) = HeaderValue::from_str(request_id) {
                     response.headers_mut().insert(X_REQUEST_ID.clone(), v);
                 }
@@ -250,16 +366,25 @@ impl Receiver {
         }
     }
 
-    async fn forward(&self, route: &Route, mut parts: http::request::Parts, body: Bytes) -> Result<Response<BoxBody>, &'static str> {
+    async fn forward(
+        &self,
+        route: &Route,
+        mut parts: http::request::Parts,
+        body: Bytes,
+    ) -> Result<Response<BoxBody>, &'static str> {
         let hook = &route.hook;
-        parts.uri = forward_uri(&hook.forward_to, parts.uri.query()).map_err(|_| "forward_to cannot take the request's query")?;
+        parts.uri = forward_uri(&hook.forward_to, parts.uri.query())
+            .map_err(|_| "forward_to cannot take the request's query")?;
         parts.version = http::Version::HTTP_11;
         sanitize_request(&mut parts.headers, false);
         match HeaderValue::from_str(&hook.name) {
             Ok(v) => parts.headers.insert(X_OUTPOST_WEBHOOK.clone(), v),
             Err(_) => parts.headers.remove(&X_OUTPOST_WEBHOOK),
         };
-        parts.headers.insert(X_OUTPOST_VERIFIED.clone(), HeaderValue::from_static(hook.scheme.name()));
+        parts.headers.insert(
+            X_OUTPOST_VERIFIED.clone(),
+            HeaderValue::from_static(hook.scheme.name()),
+        );
         let request = Request::from_parts(parts, full(body));
         match tokio::time::timeout(FORWARD_TIMEOUT, self.client.request(request)).await {
             Ok(Ok(mut response)) => {
@@ -284,7 +409,11 @@ fn rejection_reason(r: &Rejection) -> &'static str {
 /// `forward_to` with the delivery's query string appended (Twilio and others put data there).
 fn forward_uri(forward_to: &Uri, query: Option<&str>) -> Result<Uri, http::Error> {
     let mut path_and_query = forward_to.path().to_string();
-    let parts: Vec<&str> = [forward_to.query(), query].into_iter().flatten().filter(|q| !q.is_empty()).collect();
+    let parts: Vec<&str> = [forward_to.query(), query]
+        .into_iter()
+        .flatten()
+        .filter(|q| !q.is_empty())
+        .collect();
     if !parts.is_empty() {
         path_and_query.push('?');
         path_and_query.push_str(&parts.join("&"));
@@ -300,8 +429,16 @@ fn forward_uri(forward_to: &Uri, query: Option<&str>) -> Result<Uri, http::Error
 }
 
 fn reject(kind: &str, status: StatusCode, message: &str, request_id: &str) -> Response<BoxBody> {
-    ErrorBody { kind, message, upstream: None, status, retryable: status.is_server_error() || status == StatusCode::CONFLICT, retry_after: None, request_id }
-        .into_response()
+    ErrorBody {
+        kind,
+        message,
+        upstream: None,
+        status,
+        retryable: status.is_server_error() || status == StatusCode::CONFLICT,
+        retry_after: None,
+        request_id,
+    }
+    .into_response()
 }
 
 fn replayed(request_id: &str) -> Response<BoxBody> {
@@ -334,7 +471,13 @@ fn forward_client() -> Result<ForwardClient, StartError> {
 }
 
 /// Accept connections (HTTP/1.1 and h2) until `shutdown`, then drain for `drain_timeout`.
-pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, limits: Limits, drain_timeout: Duration, shutdown: impl Future<Output = ()>) {
+pub async fn serve(
+    listener: TcpListener,
+    receiver: Arc<Receiver>,
+    limits: Limits,
+    drain_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -342,7 +485,10 @@ pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, limits: Limit
         .header_read_timeout(limits.header_read_timeout)
         .max_buf_size(limits.max_header_bytes.max(8192) + 4096)
         .keep_alive(true);
-    builder.http2().timer(TokioTimer::new()).max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
     let builder = Arc::new(builder);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
     let graceful = GracefulShutdown::new();
@@ -380,8 +526,14 @@ pub async fn serve(listener: TcpListener, receiver: Arc<Receiver>, limits: Limit
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain_timeout, "webhook drain timeout reached with deliveries in flight");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain_timeout,
+            "webhook drain timeout reached with deliveries in flight"
+        );
     }
 }
 
@@ -392,9 +544,18 @@ mod tests {
     #[test]
     fn forward_uri_appends_query() {
         let base: Uri = "http://127.0.0.1:3000/hooks/twilio".parse().unwrap();
-        assert_eq!(forward_uri(&base, None).unwrap().to_string(), "http://127.0.0.1:3000/hooks/twilio");
-        assert_eq!(forward_uri(&base, Some("a=1")).unwrap().to_string(), "http://127.0.0.1:3000/hooks/twilio?a=1");
+        assert_eq!(
+            forward_uri(&base, None).unwrap().to_string(),
+            "http://127.0.0.1:3000/hooks/twilio"
+        );
+        assert_eq!(
+            forward_uri(&base, Some("a=1")).unwrap().to_string(),
+            "http://127.0.0.1:3000/hooks/twilio?a=1"
+        );
         let base: Uri = "http://127.0.0.1:3000/h?x=2".parse().unwrap();
-        assert_eq!(forward_uri(&base, Some("a=1")).unwrap().to_string(), "http://127.0.0.1:3000/h?x=2&a=1");
+        assert_eq!(
+            forward_uri(&base, Some("a=1")).unwrap().to_string(),
+            "http://127.0.0.1:3000/h?x=2&a=1"
+        );
     }
 }

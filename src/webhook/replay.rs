@@ -75,7 +75,10 @@ impl Default for ReplayCache {
 
 impl ReplayCache {
     pub fn new(capacity: usize) -> Self {
-        ReplayCache { inner: Mutex::new(Inner::default()), capacity: capacity.max(1) }
+        ReplayCache {
+            inner: Mutex::new(Inner::default()),
+            capacity: capacity.max(1),
+        }
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -98,7 +101,14 @@ impl ReplayCache {
             for k in keys {
                 inner.seq += 1;
                 let seq = inner.seq;
-                inner.map.insert(*k, Entry { seq, state: State::Pending, expires: now + pending_for });
+                inner.map.insert(
+                    *k,
+                    Entry {
+                        seq,
+                        state: State::Pending,
+                        expires: now + pending_for,
+                    },
+                );
                 inner.order.push_back((*k, seq));
             }
             self.evict(&mut inner, now);
@@ -182,7 +192,10 @@ mod tests {
         assert_eq!(cache.claim(&[a, b], MIN), Claim::Fresh);
         cache.complete(&[a, b], MIN);
         // Same signature under a new (unsigned) delivery id is still a replay.
-        assert_eq!(cache.claim(&[key("w", "id", b"2"), b], MIN), Claim::Replayed);
+        assert_eq!(
+            cache.claim(&[key("w", "id", b"2"), b], MIN),
+            Claim::Replayed
+        );
         // Other webhooks are separate.
         assert_ne!(key("w", "id", b"1"), key("v", "id", b"1"));
     }
@@ -201,7 +214,13 @@ mod tests {
         }
         assert!(cache.len() <= 100);
         assert!(cache.lock().order.len() <= 200);
-        assert_eq!(cache.claim(&[key("w", "id", &999u32.to_be_bytes())], MIN), Claim::Replayed);
-        assert_eq!(cache.claim(&[key("w", "id", &1u32.to_be_bytes())], MIN), Claim::Fresh);
+        assert_eq!(
+            cache.claim(&[key("w", "id", &999u32.to_be_bytes())], MIN),
+            Claim::Replayed
+        );
+        assert_eq!(
+            cache.claim(&[key("w", "id", &1u32.to_be_bytes())], MIN),
+            Claim::Fresh
+        );
     }
 }

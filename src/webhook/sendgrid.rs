@@ -27,7 +27,8 @@ fn der(text: &str, label: &str) -> Result<Vec<u8>, String> {
         None => text,
     };
     let compact: String = inner.chars().filter(|c| !c.is_whitespace()).collect();
-    B64.decode(compact).map_err(|_| format!("expected base64 DER ({label})"))
+    B64.decode(compact)
+        .map_err(|_| format!("expected base64 DER ({label})"))
 }
 
 /// A SendGrid verification key: base64 DER SubjectPublicKeyInfo or PEM, P-256.
@@ -40,8 +41,12 @@ pub(super) fn verify(keys: &[VerifyingKey], d: &Delivery<'_>) -> Result<Verified
     let (_, value) = d.required(&[SIGNATURE])?;
     let (_, ts_text) = d.required(&[TIMESTAMP])?;
     let ts = parse_timestamp("X-Twilio-Email-Event-Webhook-Timestamp", ts_text)?;
-    let der = B64.decode(value).map_err(|_| Rejection::missing("X-Twilio-Email-Event-Webhook-Signature is not base64"))?;
-    let sig = Signature::from_der(&der).map_err(|_| Rejection::missing("X-Twilio-Email-Event-Webhook-Signature is not a DER ECDSA signature"))?;
+    let der = B64
+        .decode(value)
+        .map_err(|_| Rejection::missing("X-Twilio-Email-Event-Webhook-Signature is not base64"))?;
+    let sig = Signature::from_der(&der).map_err(|_| {
+        Rejection::missing("X-Twilio-Email-Event-Webhook-Signature is not a DER ECDSA signature")
+    })?;
     let mut payload = Vec::with_capacity(ts_text.len() + d.body.len());
     payload.extend_from_slice(ts_text.as_bytes());
     payload.extend_from_slice(d.body);
@@ -50,23 +55,36 @@ pub(super) fn verify(keys: &[VerifyingKey], d: &Delivery<'_>) -> Result<Verified
         ok |= key.verify(&payload, &sig).is_ok();
     }
     if !ok {
-        return Err(Rejection::invalid("signature does not verify with a configured public key"));
+        return Err(Rejection::invalid(
+            "signature does not verify with a configured public key",
+        ));
     }
     d.check_time(ts)?;
     // ECDSA signatures are randomized and malleable: remember what was signed instead.
-    Ok(Verified { delivery_id: None, fingerprint: Sha256::digest(&payload).to_vec(), timestamped: true })
+    Ok(Verified {
+        delivery_id: None,
+        fingerprint: Sha256::digest(&payload).to_vec(),
+        timestamped: true,
+    })
 }
 
 /// Sign as SendGrid would, with a P-256 private key (base64 DER PKCS#8, or PEM `PRIVATE KEY`).
-pub(super) fn sign(private_key: &str, input: &SignInput<'_>) -> Result<Vec<(String, String)>, String> {
-    let key = SigningKey::from_pkcs8_der(&der(private_key, "PRIVATE KEY")?)
-        .map_err(|_| "sendgrid signing needs a P-256 private key as base64 DER PKCS#8 (or PEM)".to_string())?;
+pub(super) fn sign(
+    private_key: &str,
+    input: &SignInput<'_>,
+) -> Result<Vec<(String, String)>, String> {
+    let key = SigningKey::from_pkcs8_der(&der(private_key, "PRIVATE KEY")?).map_err(|_| {
+        "sendgrid signing needs a P-256 private key as base64 DER PKCS#8 (or PEM)".to_string()
+    })?;
     let ts = input.timestamp.to_string();
     let mut payload = ts.clone().into_bytes();
     payload.extend_from_slice(input.body);
     let sig: Signature = key.sign(&payload);
     Ok(vec![
-        ("X-Twilio-Email-Event-Webhook-Signature".into(), B64_OUT.encode(sig.to_der().as_bytes())),
+        (
+            "X-Twilio-Email-Event-Webhook-Signature".into(),
+            B64_OUT.encode(sig.to_der().as_bytes()),
+        ),
         ("X-Twilio-Email-Event-Webhook-Timestamp".into(), ts),
     ])
 }
@@ -75,8 +93,12 @@ pub(super) fn sign(private_key: &str, input: &SignInput<'_>) -> Result<Vec<(Stri
 /// need the matching verification key).
 pub fn public_key_of(private_key: &str) -> Result<String, String> {
     use p256::pkcs8::EncodePublicKey;
-    let key = SigningKey::from_pkcs8_der(&der(private_key, "PRIVATE KEY")?).map_err(|_| "not a P-256 PKCS#8 private key".to_string())?;
-    let doc = key.verifying_key().to_public_key_der().map_err(|e| e.to_string())?;
+    let key = SigningKey::from_pkcs8_der(&der(private_key, "PRIVATE KEY")?)
+        .map_err(|_| "not a P-256 PKCS#8 private key".to_string())?;
+    let doc = key
+        .verifying_key()
+        .to_public_key_der()
+        .map_err(|e| e.to_string())?;
     Ok(B64_OUT.encode(doc.as_bytes()))
 }
 
@@ -93,10 +115,29 @@ mod tests {
         let public = public_key_of(&private).unwrap();
         let key = public_key(&public).unwrap();
         let body = br#"[{"event":"delivered"}]"#;
-        let lines = sign(&private, &SignInput { body, timestamp: 1_600_000_000, id: None, url: None }).unwrap();
+        let lines = sign(
+            &private,
+            &SignInput {
+                body,
+                timestamp: 1_600_000_000,
+                id: None,
+                url: None,
+            },
+        )
+        .unwrap();
         let h = headers(&[(&lines[0].0, &lines[0].1), (&lines[1].0, &lines[1].1)]);
-        assert!(verify(std::slice::from_ref(&key), &delivery(&h, body, 1_600_000_000)).is_ok());
-        assert!(matches!(verify(std::slice::from_ref(&key), &delivery(&h, b"[]", 1_600_000_000)), Err(Rejection::Invalid(_))));
+        assert!(verify(
+            std::slice::from_ref(&key),
+            &delivery(&h, body, 1_600_000_000)
+        )
+        .is_ok());
+        assert!(matches!(
+            verify(
+                std::slice::from_ref(&key),
+                &delivery(&h, b"[]", 1_600_000_000)
+            ),
+            Err(Rejection::Invalid(_))
+        ));
         let pem = format!("-----BEGIN PUBLIC KEY-----\n{public}\n-----END PUBLIC KEY-----\n");
         assert!(public_key(&pem).is_ok());
         assert!(public_key("bm90IGEga2V5").is_err());

@@ -13,11 +13,22 @@ const IDS: &[&str] = &["x-shopify-webhook-id", "shopify-webhook-id"];
 
 pub(super) fn verify(keys: &[KeyBytes], d: &Delivery<'_>) -> Result<Verified, Rejection> {
     let (_, value) = d.required(HEADERS)?;
-    let sig = B64.decode(value).map_err(|_| Rejection::missing("X-Shopify-Hmac-Sha256 is not base64"))?;
+    let sig = B64
+        .decode(value)
+        .map_err(|_| Rejection::missing("X-Shopify-Hmac-Sha256 is not base64"))?;
     let expected = find_match(keys, HmacAlgorithm::Sha256, &[d.body], &[sig])
         .ok_or_else(|| Rejection::invalid("signature does not match a configured secret"))?;
-    let delivery_id = d.header(IDS).ok().flatten().map(|(_, v)| v.to_string()).filter(|v| !v.is_empty());
-    Ok(Verified { delivery_id, fingerprint: expected, timestamped: false })
+    let delivery_id = d
+        .header(IDS)
+        .ok()
+        .flatten()
+        .map(|(_, v)| v.to_string())
+        .filter(|v| !v.is_empty());
+    Ok(Verified {
+        delivery_id,
+        fingerprint: expected,
+        timestamped: false,
+    })
 }
 
 pub(super) fn sign(secret: &[u8], input: &SignInput<'_>) -> Vec<(String, String)> {
@@ -38,7 +49,12 @@ mod tests {
     #[test]
     fn published_vector_and_new_header_name() {
         let expected = "plW8VGqq0nDMIEhDqaNNW99asdUCy7EIqLZVcQwtAZ0=";
-        let input = SignInput { body: br#"{"id":1}"#, timestamp: 0, id: None, url: None };
+        let input = SignInput {
+            body: br#"{"id":1}"#,
+            timestamp: 0,
+            id: None,
+            url: None,
+        };
         assert_eq!(sign(b"shop-secret", &input)[0].1, expected);
         for name in ["X-Shopify-Hmac-Sha256", "shopify-hmac-sha256"] {
             let h = headers(&[(name, expected), ("shopify-webhook-id", "w1")]);

@@ -9,8 +9,8 @@
 //! `webhook-timestamp` (now) and `webhook-signature: v1,<base64>`; `hmac_signature` sets the
 //! configured header to `prefix` + the encoded MAC of the body.
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
 use bytes::BytesMut;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
 use http_body_util::BodyExt;
 
 use super::{encode, mac, now_unix, standard};
@@ -36,10 +36,19 @@ pub fn body_limit(upstream: &Upstream) -> u64 {
 }
 
 /// Buffer `body`, put the signature headers on `headers`, and return the body to send.
-pub async fn sign_request(upstream: &Upstream, headers: &mut HeaderMap, mut body: BoxBody) -> Result<BoxBody, ProxyError> {
-    let Some(auth) = upstream.auth.as_ref().filter(|a| signs(a)) else { return Ok(body) };
+pub async fn sign_request(
+    upstream: &Upstream,
+    headers: &mut HeaderMap,
+    mut body: BoxBody,
+) -> Result<BoxBody, ProxyError> {
+    let Some(auth) = upstream.auth.as_ref().filter(|a| signs(a)) else {
+        return Ok(body);
+    };
     let limit = body_limit(upstream);
-    let declared = headers.get(CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.trim().parse::<u64>().ok());
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
     if declared.is_some_and(|len| len > limit) {
         return Err(ProxyError::PayloadTooLarge { limit });
     }
@@ -60,8 +69,13 @@ pub async fn sign_request(upstream: &Upstream, headers: &mut HeaderMap, mut body
         }
     }
     let bytes = buf.freeze();
-    let unavailable = |reason: String| ProxyError::CredentialsUnavailable { upstream: upstream.name.clone(), reason };
-    for (name, value) in signature_headers(auth, headers, &bytes, now_unix()).map_err(unavailable)? {
+    let unavailable = |reason: String| ProxyError::CredentialsUnavailable {
+        upstream: upstream.name.clone(),
+        reason,
+    };
+    for (name, value) in
+        signature_headers(auth, headers, &bytes, now_unix()).map_err(unavailable)?
+    {
         headers.insert(name, value);
     }
     Ok(full(bytes))
@@ -80,7 +94,12 @@ fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
 
 /// The headers that sign `body` at `timestamp`. `headers` are the request's (for an
 /// application-chosen `webhook-id`). Errors never contain the secret.
-pub fn signature_headers(auth: &Auth, headers: &HeaderMap, body: &[u8], timestamp: i64) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
+pub fn signature_headers(
+    auth: &Auth,
+    headers: &HeaderMap,
+    body: &[u8],
+    timestamp: i64,
+) -> Result<Vec<(HeaderName, HeaderValue)>, String> {
     match auth {
         Auth::StandardWebhooks { secret } => {
             let key = standard::secret_key(secret.expose())?;
@@ -101,12 +120,16 @@ pub fn signature_headers(auth: &Auth, headers: &HeaderMap, body: &[u8], timestam
             let value = format!("{}{}", h.prefix, encode(h.encoding, &sig));
             Ok(vec![(h.header.clone(), header_value(&value)?)])
         }
-        other => Err(format!("auth type `{}` does not sign requests", other.kind().name())),
+        other => Err(format!(
+            "auth type `{}` does not sign requests",
+            other.kind().name()
+        )),
     }
 }
 
 fn header_value(text: &str) -> Result<HeaderValue, String> {
-    HeaderValue::from_str(text).map_err(|_| "signature header value is not valid in a header".to_string())
+    HeaderValue::from_str(text)
+        .map_err(|_| "signature header value is not valid in a header".to_string())
 }
 
 #[cfg(test)]
@@ -118,15 +141,33 @@ mod tests {
     #[test]
     fn standard_webhooks_signature_verifies_and_keeps_app_id() {
         let secret = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw";
-        let auth = Auth::StandardWebhooks { secret: Secret::new(secret) };
+        let auth = Auth::StandardWebhooks {
+            secret: Secret::new(secret),
+        };
         let mut app = HeaderMap::new();
-        app.insert("webhook-id", HeaderValue::from_static("msg_p5jXN8AQM9LWM0D4loKWxJek"));
-        let lines = signature_headers(&auth, &app, br#"{"test": 2432232314}"#, 1_614_265_330).unwrap();
+        app.insert(
+            "webhook-id",
+            HeaderValue::from_static("msg_p5jXN8AQM9LWM0D4loKWxJek"),
+        );
+        let lines =
+            signature_headers(&auth, &app, br#"{"test": 2432232314}"#, 1_614_265_330).unwrap();
         let h: HeaderMap = lines.into_iter().collect();
-        assert_eq!(h["webhook-signature"], "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=");
-        let v = Verifier::new(Spec::new(WebhookScheme::StandardWebhooks, vec![Secret::new(secret)])).unwrap();
-        assert!(v.verify(&h, br#"{"test": 2432232314}"#, None, 1_614_265_330).is_ok());
-        let fresh: HeaderMap = signature_headers(&auth, &HeaderMap::new(), b"x", 1).unwrap().into_iter().collect();
+        assert_eq!(
+            h["webhook-signature"],
+            "v1,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE="
+        );
+        let v = Verifier::new(Spec::new(
+            WebhookScheme::StandardWebhooks,
+            vec![Secret::new(secret)],
+        ))
+        .unwrap();
+        assert!(v
+            .verify(&h, br#"{"test": 2432232314}"#, None, 1_614_265_330)
+            .is_ok());
+        let fresh: HeaderMap = signature_headers(&auth, &HeaderMap::new(), b"x", 1)
+            .unwrap()
+            .into_iter()
+            .collect();
         assert!(fresh["webhook-id"].to_str().unwrap().starts_with("msg_"));
     }
 
@@ -145,7 +186,9 @@ mod tests {
 
     #[test]
     fn bad_standard_secret_is_reported_without_its_value() {
-        let auth = Auth::StandardWebhooks { secret: Secret::new("whsec_!!notbase64!!") };
+        let auth = Auth::StandardWebhooks {
+            secret: Secret::new("whsec_!!notbase64!!"),
+        };
         let err = signature_headers(&auth, &HeaderMap::new(), b"x", 0).unwrap_err();
         assert!(!err.contains("notbase64"), "{err}");
     }

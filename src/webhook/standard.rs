@@ -8,7 +8,10 @@ use base64::Engine as _;
 
 use crate::config::HmacAlgorithm;
 
-use super::{find_match, mac, parse_timestamp, Delivery, KeyBytes, Rejection, SignInput, Verified, B64, B64_OUT};
+use super::{
+    find_match, mac, parse_timestamp, Delivery, KeyBytes, Rejection, SignInput, Verified, B64,
+    B64_OUT,
+};
 
 const IDS: &[&str] = &["webhook-id", "svix-id"];
 const TIMESTAMPS: &[&str] = &["webhook-timestamp", "svix-timestamp"];
@@ -31,7 +34,11 @@ pub(super) fn secret_key(secret: &str) -> Result<KeyBytes, String> {
 
 pub(super) fn verify(keys: &[KeyBytes], d: &Delivery<'_>) -> Result<Verified, Rejection> {
     // One family of names throughout: a delivery mixing webhook-* and svix-* is not Svix's.
-    let family = if d.headers.contains_key(SIGNATURES[0]) { 0 } else { 1 };
+    let family = if d.headers.contains_key(SIGNATURES[0]) {
+        0
+    } else {
+        1
+    };
     let (_, id) = d.required(&IDS[family..=family])?;
     let (ts_name, ts_text) = d.required(&TIMESTAMPS[family..=family])?;
     let (_, value) = d.required(&SIGNATURES[family..=family])?;
@@ -45,19 +52,33 @@ pub(super) fn verify(keys: &[KeyBytes], d: &Delivery<'_>) -> Result<Verified, Re
         .filter_map(|(_, sig)| B64.decode(sig).ok())
         .collect();
     if signatures.is_empty() {
-        return Err(Rejection::missing("webhook-signature has no well-formed v1 signature"));
+        return Err(Rejection::missing(
+            "webhook-signature has no well-formed v1 signature",
+        ));
     }
     let signed_prefix = format!("{id}.{ts}.");
-    let expected = find_match(keys, HmacAlgorithm::Sha256, &[signed_prefix.as_bytes(), d.body], &signatures)
-        .ok_or_else(|| Rejection::invalid("no v1 signature matches a configured secret"))?;
+    let expected = find_match(
+        keys,
+        HmacAlgorithm::Sha256,
+        &[signed_prefix.as_bytes(), d.body],
+        &signatures,
+    )
+    .ok_or_else(|| Rejection::invalid("no v1 signature matches a configured secret"))?;
     d.check_time(ts)?;
-    Ok(Verified { delivery_id: Some(id.to_string()), fingerprint: expected, timestamped: true })
+    Ok(Verified {
+        delivery_id: Some(id.to_string()),
+        fingerprint: expected,
+        timestamped: true,
+    })
 }
 
 /// The `v1,<base64>` signature of one message.
 pub(crate) fn signature(key: &[u8], id: &str, timestamp: i64, body: &[u8]) -> String {
     let prefix = format!("{id}.{timestamp}.");
-    format!("v1,{}", B64_OUT.encode(mac(HmacAlgorithm::Sha256, key, &[prefix.as_bytes(), body])))
+    format!(
+        "v1,{}",
+        B64_OUT.encode(mac(HmacAlgorithm::Sha256, key, &[prefix.as_bytes(), body]))
+    )
 }
 
 /// A fresh message id in the Svix style.
@@ -94,9 +115,16 @@ mod tests {
             let h = headers(&[
                 (&format!("{prefix}-id"), ID),
                 (&format!("{prefix}-timestamp"), "1614265330"),
-                (&format!("{prefix}-signature"), &format!("v2,abc bogus v1,AAAA {SIG}")),
+                (
+                    &format!("{prefix}-signature"),
+                    &format!("v2,abc bogus v1,AAAA {SIG}"),
+                ),
             ]);
-            let v = verify(std::slice::from_ref(&key), &delivery(&h, BODY, 1_614_265_330)).unwrap();
+            let v = verify(
+                std::slice::from_ref(&key),
+                &delivery(&h, BODY, 1_614_265_330),
+            )
+            .unwrap();
             assert_eq!(v.delivery_id.as_deref(), Some(ID));
         }
     }
@@ -104,8 +132,18 @@ mod tests {
     #[test]
     fn only_other_versions_is_missing() {
         let key = secret_key(SECRET).unwrap();
-        let h = headers(&[("webhook-id", ID), ("webhook-timestamp", "1614265330"), ("webhook-signature", "v1a,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=")]);
-        assert!(matches!(verify(&[key], &delivery(&h, BODY, 1_614_265_330)), Err(Rejection::Missing(_))));
+        let h = headers(&[
+            ("webhook-id", ID),
+            ("webhook-timestamp", "1614265330"),
+            (
+                "webhook-signature",
+                "v1a,g0hM9SsE+OTPJTGt/tmIKtSyZlE3uFJELVlNIOLJ1OE=",
+            ),
+        ]);
+        assert!(matches!(
+            verify(&[key], &delivery(&h, BODY, 1_614_265_330)),
+            Err(Rejection::Missing(_))
+        ));
     }
 
     #[test]

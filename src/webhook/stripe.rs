@@ -17,7 +17,9 @@ pub(super) fn verify(keys: &[KeyBytes], d: &Delivery<'_>) -> Result<Verified, Re
     let mut timestamp = None;
     let mut signatures = Vec::new();
     for item in value.split(',').take(MAX_ITEMS) {
-        let Some((key, val)) = item.split_once('=') else { continue };
+        let Some((key, val)) = item.split_once('=') else {
+            continue;
+        };
         match key.trim() {
             "t" => timestamp = Some(val.trim()),
             // A v1 that is not hex can match nothing; it is skipped like any other scheme.
@@ -33,16 +35,32 @@ pub(super) fn verify(keys: &[KeyBytes], d: &Delivery<'_>) -> Result<Verified, Re
         return Err(Rejection::missing("Stripe-Signature has no v1 signature"));
     }
     let prefix = format!("{ts}.");
-    let expected = find_match(keys, HmacAlgorithm::Sha256, &[prefix.as_bytes(), d.body], &signatures)
-        .ok_or_else(|| Rejection::invalid("no v1 signature matches a configured secret"))?;
+    let expected = find_match(
+        keys,
+        HmacAlgorithm::Sha256,
+        &[prefix.as_bytes(), d.body],
+        &signatures,
+    )
+    .ok_or_else(|| Rejection::invalid("no v1 signature matches a configured secret"))?;
     d.check_time(ts)?;
-    Ok(Verified { delivery_id: None, fingerprint: expected, timestamped: true })
+    Ok(Verified {
+        delivery_id: None,
+        fingerprint: expected,
+        timestamped: true,
+    })
 }
 
 pub(super) fn sign(secret: &[u8], input: &SignInput<'_>) -> Vec<(String, String)> {
     let prefix = format!("{}.", input.timestamp);
-    let sig = mac(HmacAlgorithm::Sha256, secret, &[prefix.as_bytes(), input.body]);
-    vec![("Stripe-Signature".into(), format!("t={},v1={}", input.timestamp, hex::encode(sig)))]
+    let sig = mac(
+        HmacAlgorithm::Sha256,
+        secret,
+        &[prefix.as_bytes(), input.body],
+    );
+    vec![(
+        "Stripe-Signature".into(),
+        format!("t={},v1={}", input.timestamp, hex::encode(sig)),
+    )]
 }
 
 #[cfg(test)]
@@ -55,14 +73,23 @@ mod tests {
     /// REFERENCE.md: stripe-python 16.1 `generate_signature_header`.
     #[test]
     fn published_vector() {
-        let input = SignInput { body: BODY, timestamp: 1_700_000_000, id: None, url: None };
+        let input = SignInput {
+            body: BODY,
+            timestamp: 1_700_000_000,
+            id: None,
+            url: None,
+        };
         let lines = sign(b"whsec_test_secret", &input);
         assert_eq!(
             lines[0].1,
             "t=1700000000,v1=d95c6b7477fbd7e9f90b1b0ef5f9c7ac25abca5382460e0d988c2b2a5b71b990"
         );
         let h = headers(&[("Stripe-Signature", &lines[0].1)]);
-        assert!(verify(&keys(&["whsec_test_secret"]), &delivery(&h, BODY, 1_700_000_000)).is_ok());
+        assert!(verify(
+            &keys(&["whsec_test_secret"]),
+            &delivery(&h, BODY, 1_700_000_000)
+        )
+        .is_ok());
     }
 
     #[test]
@@ -70,9 +97,17 @@ mod tests {
         let good = "d95c6b7477fbd7e9f90b1b0ef5f9c7ac25abca5382460e0d988c2b2a5b71b990";
         let value = format!("t=1700000000,v0=abc,v1={},v1={good},v9=zz", "00".repeat(32));
         let h = headers(&[("Stripe-Signature", &value)]);
-        assert!(verify(&keys(&["whsec_test_secret"]), &delivery(&h, BODY, 1_700_000_000)).is_ok());
+        assert!(verify(
+            &keys(&["whsec_test_secret"]),
+            &delivery(&h, BODY, 1_700_000_000)
+        )
+        .is_ok());
         let h = headers(&[("Stripe-Signature", &format!("t=1700000000,v0={good}"))]);
-        let err = verify(&keys(&["whsec_test_secret"]), &delivery(&h, BODY, 1_700_000_000)).unwrap_err();
+        let err = verify(
+            &keys(&["whsec_test_secret"]),
+            &delivery(&h, BODY, 1_700_000_000),
+        )
+        .unwrap_err();
         assert!(matches!(err, Rejection::Missing(_)), "{err:?}");
     }
 }

@@ -11,23 +11,39 @@ use crate::config::{Secret, WebhookScheme};
 pub(super) fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
     for (k, v) in pairs {
-        h.append(HeaderName::from_bytes(k.as_bytes()).unwrap(), HeaderValue::from_str(v).unwrap());
+        h.append(
+            HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            HeaderValue::from_str(v).unwrap(),
+        );
     }
     h
 }
 
 pub(super) fn keys(secrets: &[&str]) -> Vec<KeyBytes> {
-    secrets.iter().map(|s| KeyBytes(s.as_bytes().to_vec())).collect()
+    secrets
+        .iter()
+        .map(|s| KeyBytes(s.as_bytes().to_vec()))
+        .collect()
 }
 
 pub(super) fn delivery<'a>(headers: &'a HeaderMap, body: &'a [u8], now: i64) -> Delivery<'a> {
-    Delivery { headers, body, query: None, now, tolerance: Some(Duration::from_secs(300)) }
+    Delivery {
+        headers,
+        body,
+        query: None,
+        now,
+        tolerance: Some(Duration::from_secs(300)),
+    }
 }
 
 /// A verifier for every scheme (sendgrid with a fixed test key).
 fn all_verifiers() -> Vec<Verifier> {
     use p256::pkcs8::EncodePublicKey;
-    let public = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap().verifying_key().to_public_key_der().unwrap();
+    let public = p256::ecdsa::SigningKey::from_slice(&[9u8; 32])
+        .unwrap()
+        .verifying_key()
+        .to_public_key_der()
+        .unwrap();
     let sendgrid_key = B64_OUT.encode(public.as_bytes());
     [
         WebhookScheme::Stripe,
@@ -84,7 +100,8 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..120),
         "[ -~]{0,120}".prop_map(String::into_bytes),
-        "(t=-?[0-9]{0,20}|v1=[0-9a-fA-F]{0,70}|v0=[0-9a-f]{0,8}|=|,| ){0,8}".prop_map(String::into_bytes),
+        "(t=-?[0-9]{0,20}|v1=[0-9a-fA-F]{0,70}|v0=[0-9a-f]{0,8}|=|,| ){0,8}"
+            .prop_map(String::into_bytes),
         "(v1,[A-Za-z0-9+/=]{0,50}|v1a,|,| |v2,x){0,6}".prop_map(String::into_bytes),
         "(sha256=|v0=)?[0-9a-f]{0,130}".prop_map(String::into_bytes),
         "[A-Za-z0-9+/=]{0,100}".prop_map(String::into_bytes),
@@ -127,12 +144,28 @@ proptest! {
 #[test]
 fn every_secret_is_tried() {
     let body = b"{}";
-    let lines = provider_headers(&Spec::new(WebhookScheme::Github, vec![Secret::new("new")]), &SignInput { body, timestamp: 0, id: None, url: None }).unwrap();
+    let lines = provider_headers(
+        &Spec::new(WebhookScheme::Github, vec![Secret::new("new")]),
+        &SignInput {
+            body,
+            timestamp: 0,
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap();
     let h = headers(&[(&lines[0].0, &lines[0].1)]);
-    let v = Verifier::new(Spec::new(WebhookScheme::Github, vec![Secret::new("old"), Secret::new("new")])).unwrap();
+    let v = Verifier::new(Spec::new(
+        WebhookScheme::Github,
+        vec![Secret::new("old"), Secret::new("new")],
+    ))
+    .unwrap();
     assert!(v.verify(&h, body, None, 0).is_ok());
     let v = Verifier::new(Spec::new(WebhookScheme::Github, vec![Secret::new("old")])).unwrap();
-    assert!(matches!(v.verify(&h, body, None, 0), Err(Rejection::Invalid(_))));
+    assert!(matches!(
+        v.verify(&h, body, None, 0),
+        Err(Rejection::Invalid(_))
+    ));
 }
 
 #[test]
@@ -140,16 +173,36 @@ fn rejections_map_to_the_contract() {
     assert_eq!(Rejection::missing("x").kind(), "webhook_signature_missing");
     assert_eq!(Rejection::missing("x").status(), 400);
     assert_eq!(Rejection::invalid("x").status(), 401);
-    assert_eq!(Rejection::Stale("x".into()).kind(), "webhook_timestamp_out_of_tolerance");
+    assert_eq!(
+        Rejection::Stale("x".into()).kind(),
+        "webhook_timestamp_out_of_tolerance"
+    );
     assert_eq!(Rejection::Stale("x".into()).result(), "stale");
 }
 
 #[test]
 fn tolerance_off_skips_the_clock() {
     let mut spec = Spec::new(WebhookScheme::Stripe, vec![Secret::new("whsec_x")]);
-    let lines = provider_headers(&spec, &SignInput { body: b"{}", timestamp: 1, id: None, url: None }).unwrap();
+    let lines = provider_headers(
+        &spec,
+        &SignInput {
+            body: b"{}",
+            timestamp: 1,
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap();
     let h = headers(&[(&lines[0].0, &lines[0].1)]);
-    assert!(matches!(Verifier::new(spec.clone()).unwrap().verify(&h, b"{}", None, 1_000_000), Err(Rejection::Stale(_))));
+    assert!(matches!(
+        Verifier::new(spec.clone())
+            .unwrap()
+            .verify(&h, b"{}", None, 1_000_000),
+        Err(Rejection::Stale(_))
+    ));
     spec.tolerance = None;
-    assert!(Verifier::new(spec).unwrap().verify(&h, b"{}", None, 1_000_000).is_ok());
+    assert!(Verifier::new(spec)
+        .unwrap()
+        .verify(&h, b"{}", None, 1_000_000)
+        .is_ok());
 }
