@@ -223,11 +223,31 @@ async fn wait_for_signals(app: &App) {
         let _ = tokio::signal::ctrl_c().await;
         return;
     };
+    let watched = |app: &App| {
+        let config = app.config();
+        std::iter::once(app.config_path.clone())
+            .chain(config.watched_files.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut watcher = crate::reload::Watcher::new(watched(app));
+    let mut tick = tokio::time::interval(crate::reload::POLL_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = term.recv() => return,
             _ = int.recv() => return,
-            _ = hup.recv() => { app.reload(); }
+            _ = hup.recv() => {
+                app.reload();
+                watcher.reset(watched(app));
+            }
+            _ = tick.tick() => {
+                if watcher.changed() {
+                    tracing::info!("config or secret file changed; reloading");
+                    if app.reload() {
+                        watcher.reset(watched(app));
+                    }
+                }
+            }
         }
     }
 }

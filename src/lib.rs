@@ -5,19 +5,20 @@
 //! policies of `proxy.yaml`. A second listener verifies inbound webhooks. The binary in
 //! `main.rs` is a thin CLI over this library; the tests in `tests/` drive the same code.
 
-pub mod body;
-pub mod client;
-pub mod config;
-pub mod metrics;
-pub mod mock;
-pub mod error;
-pub mod route;
-pub mod stack;
-pub mod proxy;
-pub mod server;
 pub mod admin;
 pub mod app;
-pub mod telemetry;
+pub mod body;
 pub mod check;
+pub mod client;
+pub mod config;
 pub mod demo;
+pub mod error;
+pub mod metrics;
+pub mod mock;
+pub mod proxy;
+pub mod route;
+pub mod server;
+pub mod stack;
+pub mod telemetry;
 pub mod webhook;
+pub mod reload;

@@ -1,0 +1,158 @@
+//! Hot reload through the real binary: secret file rotation, config edits, `SIGHUP`, an
+//! invalid file that keeps the old config serving, and a reload under a request loop.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use support::{get, guard, Binary, MockUpstream, Reply, TempDir};
+
+/// Replace a file the way Kubernetes does: write a new file, then rename it over the old one.
+fn rotate(dir: &TempDir, name: &str, contents: &str) {
+    let tmp = dir.write(&format!("{name}.tmp"), contents);
+    std::fs::rename(tmp, dir.path.join(name)).unwrap();
+}
+
+/// Poll until `check` holds (hang guard only; no fixed sleeps).
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    guard(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
+    .await
+}
+
+fn config(mock: &MockUpstream) -> String {
+    format!(
+        "upstreams:\n  api:\n    base_url: {}\n    auth: {{ type: bearer, token: \"${{file:key}}\" }}\n",
+        mock.url("")
+    )
+}
+
+#[tokio::test]
+async fn secret_file_rotation_is_picked_up_without_restart() {
+    let mock = MockUpstream::start(|_| Reply::text(200, "ok")).await;
+    let dir = TempDir::new("reload-secret");
+    dir.write("key", "key-one\n");
+    let bin = Binary::start_in(dir, &config(&mock), &[]).await;
+
+    assert_eq!(get(&bin.url("/api/x")).await.status, 200);
+    assert_eq!(
+        mock.requests()[0].header("authorization"),
+        Some("Bearer key-one")
+    );
+
+    rotate(&bin.dir, "key", "key-two\n");
+    eventually("rotated key in use", || async {
+        assert_eq!(get(&bin.url("/api/x")).await.status, 200);
+        mock.requests()
+            .last()
+            .and_then(|r| r.header("authorization").map(str::to_string))
+            .as_deref()
+            == Some("Bearer key-two")
+    })
+    .await;
+    let metrics = get(&bin.admin_url("/metrics")).await.text();
+    assert!(
+        metrics.contains(r#"outpost_config_reloads_total{result="ok"}"#),
+        "{metrics}"
+    );
+}
+
+#[tokio::test]
+async fn invalid_config_keeps_the_old_one_serving() {
+    let mock = MockUpstream::start(|_| Reply::text(200, "ok")).await;
+    let dir = TempDir::new("reload-invalid");
+    dir.write("key", "key-one");
+    let bin = Binary::start_in(dir, &config(&mock), &[]).await;
+    let original = std::fs::read_to_string(&bin.config_path).unwrap();
+
+    // A typo: unknown key. The file changes, the reload fails, the old config serves on.
+    std::fs::write(&bin.config_path, original.replace("base_url:", "base_ur1:")).unwrap();
+    eventually("reload error counted", || async {
+        get(&bin.admin_url("/metrics"))
+            .await
+            .text()
+            .contains(r#"outpost_config_reloads_total{result="error"} 1"#)
+    })
+    .await;
+    assert_eq!(get(&bin.url("/api/still")).await.status, 200);
+    assert_eq!(get(&bin.admin_url("/readyz")).await.status, 200);
+    let log = bin.stderr.text();
+    assert!(
+        log.contains("config reload failed") && log.contains("unknown field `base_ur1`"),
+        "{log}"
+    );
+    assert!(
+        log.contains("proxy.yaml:"),
+        "the error names file:line:col: {log}"
+    );
+
+    // SIGHUP with a fixed file brings in the new config (a new upstream name).
+    std::fs::write(&bin.config_path, original.replace("  api:", "  api2:")).unwrap();
+    bin.signal("HUP");
+    eventually("new route served", || async {
+        get(&bin.url("/api2/x")).await.status == 200
+    })
+    .await;
+    assert_eq!(get(&bin.url("/api/x")).await.status, 404);
+}
+
+#[tokio::test]
+async fn reload_under_load_fails_no_request() {
+    let mock = MockUpstream::start(|_| Reply::text(200, "ok")).await;
+    let dir = TempDir::new("reload-load");
+    dir.write("key", "key-one");
+    let bin = Binary::start_in(dir, &config(&mock), &[]).await;
+    let url = bin.url("/api/loop");
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let done = Arc::new(AtomicUsize::new(0));
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let (stop, failures, done, url) =
+            (stop.clone(), failures.clone(), done.clone(), url.clone());
+        workers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                if get(&url).await.status != 200 {
+                    failures.fetch_add(1, Ordering::Relaxed);
+                }
+                done.fetch_add(1, Ordering::Relaxed);
+            }
+        }));
+    }
+    for (i, key) in ["key-two", "key-three", "key-four"].iter().enumerate() {
+        rotate(&bin.dir, "key", key);
+        let expected = format!(r#"outpost_config_reloads_total{{result="ok"}} {}"#, i + 1);
+        eventually("reload applied", || async {
+            get(&bin.admin_url("/metrics"))
+                .await
+                .text()
+                .contains(&expected)
+        })
+        .await;
+    }
+    stop.store(true, Ordering::Relaxed);
+    for w in workers {
+        w.await.unwrap();
+    }
+    assert!(done.load(Ordering::Relaxed) > 20, "the loop ran");
+    assert_eq!(
+        failures.load(Ordering::Relaxed),
+        0,
+        "no request failed during reloads"
+    );
+    let last = mock
+        .requests()
+        .last()
+        .and_then(|r| r.header("authorization").map(str::to_string));
+    assert_eq!(last.as_deref(), Some("Bearer key-four"));
+}
