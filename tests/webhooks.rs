@@ -1339,3 +1339,144 @@ fn cli_help_and_usage_errors() {
     );
     assert_eq!(out, direct);
 }
+
+// ------------------------------------------------------------------------------------------
+// Secrets and bodies never reach logs, error bodies or metrics
+// ------------------------------------------------------------------------------------------
+
+#[derive(Clone, Default)]
+struct LogBuffer(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Write for LogBuffer {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
+    type Writer = LogBuffer;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Current-thread runtime: every task Outpost spawns runs on this thread, under this subscriber.
+#[tokio::test(flavor = "current_thread")]
+async fn no_secret_or_body_in_logs_errors_or_metrics() {
+    let logs = LogBuffer::default();
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter("trace")
+        .with_writer(logs.clone())
+        .json()
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    const SECRET: &str = "whsec_SUPERSECRETVALUE123";
+    const BODY_MARK: &str = "BODYMARKER-4242";
+    let mut app_server = Recorder::start().await;
+    let yaml = format!(
+        "  leak:\n    path: /leak\n    scheme: stripe\n    secrets: [\"{SECRET}\"]\n    forward_to: http://{}/leak\n",
+        app_server.addr
+    );
+    let outpost = start(&yaml).await;
+    let addr = whaddr(&outpost);
+    let body = format!("{{\"id\":\"{BODY_MARK}\"}}");
+    let spec = Spec::new(WebhookScheme::Stripe, vec![Secret::new(SECRET)]);
+    let good = provider_headers(
+        &spec,
+        &SignInput {
+            body: body.as_bytes(),
+            timestamp: now_unix(),
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap();
+    let signature = good[0].1.clone();
+
+    let mut answers = Vec::new();
+    answers.push(post(addr, "/leak", &good, body.as_bytes()).await);
+    app_server.next().await;
+    answers.push(
+        post(
+            addr,
+            "/leak",
+            &good,
+            b"{\"id\":\"BODYMARKER-4242 tampered\"}",
+        )
+        .await,
+    );
+    answers.push(
+        post(
+            addr,
+            "/leak",
+            &replaced(&good, "Stripe-Signature", "t=1,v1=zz"),
+            body.as_bytes(),
+        )
+        .await,
+    );
+    app_server.status.store(503, Ordering::SeqCst);
+    let spec_new = provider_headers(
+        &spec,
+        &SignInput {
+            body: b"{\"id\":\"BODYMARKER-4242 2\"}",
+            timestamp: now_unix(),
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap();
+    answers.push(post(addr, "/leak", &spec_new, b"{\"id\":\"BODYMARKER-4242 2\"}").await);
+    let metrics_text = outpost.metrics.render();
+    outpost.shutdown().await;
+
+    let text = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(!text.contains(SECRET), "a secret reached the logs");
+    for line in text.lines().filter(|l| l.contains("\"target\":\"outpost")) {
+        assert!(!line.contains(BODY_MARK), "a body reached the logs: {line}");
+        assert!(
+            !line.contains(&signature),
+            "a signature reached the logs: {line}"
+        );
+    }
+    // One access line per delivery, on the `outpost::webhook` target.
+    let deliveries: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"target\":\"outpost::webhook\""))
+        .collect();
+    assert_eq!(
+        deliveries.len(),
+        4,
+        "one line per delivery:\n{}",
+        deliveries.join("\n")
+    );
+    for line in &deliveries {
+        assert!(line.contains("\"webhook\":\"leak\""), "{line}");
+        assert!(
+            line.contains("\"result\"")
+                && line.contains("\"status\"")
+                && line.contains("duration_ms"),
+            "{line}"
+        );
+    }
+    for a in &answers {
+        let body = String::from_utf8_lossy(&a.body);
+        assert!(
+            !body.contains(SECRET) && !body.contains(&signature),
+            "{body}"
+        );
+        if a.status != 200 {
+            assert!(!body.contains(BODY_MARK), "{body}");
+        }
+    }
+    assert!(!metrics_text.contains(SECRET) && !metrics_text.contains(BODY_MARK));
+    assert!(
+        metrics_text
+            .contains(r#"outpost_webhooks_total{webhook="leak",result="forward_failed"} 1"#),
+        "{metrics_text}"
+    );
+}
