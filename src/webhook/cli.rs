@@ -111,6 +111,7 @@ pub struct HmacArgs {
 
 #[derive(Args, Debug)]
 pub struct SignArgs {
+    /// The provider's signature scheme.
     #[arg(long, value_enum)]
     scheme: SchemeArg,
     /// Signing secret (or `${env:NAME}` / `${file:/path}`).
@@ -136,6 +137,7 @@ pub struct SignArgs {
 
 #[derive(Args, Debug)]
 pub struct VerifyArgs {
+    /// The provider's signature scheme.
     #[arg(long, value_enum)]
     scheme: SchemeArg,
     /// Secret to try; repeat for several (or `${env:NAME}` / `${file:/path}`).

@@ -36,8 +36,12 @@ pub(super) fn verify(keys: &[KeyBytes], d: &Delivery<'_>) -> Result<Verified, Re
     // One family of names throughout: a delivery mixing webhook-* and svix-* is not Svix's.
     let family = if d.headers.contains_key(SIGNATURES[0]) {
         0
-    } else {
+    } else if d.headers.contains_key(SIGNATURES[1]) {
         1
+    } else {
+        return Err(Rejection::missing(
+            "webhook-signature (or svix-signature) header is missing",
+        ));
     };
     let (_, id) = d.required(&IDS[family..=family])?;
     let (ts_name, ts_text) = d.required(&TIMESTAMPS[family..=family])?;
