@@ -91,6 +91,8 @@ impl App {
             })?;
 
         let (stop, stop_rx) = watch::channel(false);
+        // Bound before anything is spawned, so a bind failure leaves nothing running.
+        let webhooks = WebhookServer::start(&config, &metrics, stopped(stop.subscribe())).await?;
         let (admin_stop, admin_stop_rx) = watch::channel(false);
         let ids = Arc::new(RequestIds::default());
         let proxy = Proxy::new(state.clone(), ids.clone());
@@ -102,7 +104,6 @@ impl App {
             config.drain_timeout,
             stopped(stop_rx),
         ));
-        let webhooks = WebhookServer::start(&config, &metrics, stopped(stop.subscribe())).await?;
         let admin_task = tokio::spawn(serve_admin(
             admin_listener,
             metrics.clone(),
