@@ -729,7 +729,12 @@ async fn secret_file_with_trailing_newline_and_rotation() {
         file.display(),
         app_server.addr
     );
-    let outpost = start(&yaml).await;
+    // A real config file, so `reload()` re-reads it and its secret files as SIGHUP would.
+    let config_path = dir.join("proxy.yaml");
+    std::fs::write(&config_path, base_yaml("  {}", &yaml)).unwrap();
+    let outpost = App::start(outpost::config::load(&config_path).unwrap())
+        .await
+        .unwrap();
     let addr = whaddr(&outpost);
     let mut spec = Spec::new(WebhookScheme::Hmac, vec![Secret::new("file-secret")]);
     spec.header = Some(HeaderName::from_static("x-sig"));
@@ -750,7 +755,7 @@ async fn secret_file_with_trailing_newline_and_rotation() {
 
     // A reload with a rotated file: the old value stops verifying, the new one starts.
     std::fs::write(&file, "rotated-secret\n").unwrap();
-    outpost.apply(load(&base_yaml("  {}", &yaml))).unwrap();
+    assert!(outpost.reload(), "reload with the rotated secret file");
     let body2 = b"{\"rotated\":2}";
     let old = provider_headers(
         &spec,
