@@ -319,6 +319,17 @@ impl Delivery<'_> {
     }
 }
 
+/// Check that a resolved secret has the form its scheme needs (`sendgrid`: a P-256 public key;
+/// `standard_webhooks`: `whsec_` + base64), for config validation. The message never contains
+/// the secret.
+pub fn check_secret(scheme: WebhookScheme, secret: &Secret) -> Result<(), String> {
+    match scheme {
+        WebhookScheme::Sendgrid => sendgrid::public_key(secret.expose()).map(drop),
+        WebhookScheme::StandardWebhooks => standard::secret_key(secret.expose()).map(drop),
+        _ => Ok(()),
+    }
+}
+
 /// Parse a Unix timestamp in seconds (digits only, as every scheme sends it).
 fn parse_timestamp(name: &str, text: &str) -> Result<i64, Rejection> {
     let text = text.trim();

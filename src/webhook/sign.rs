@@ -81,6 +81,15 @@ pub async fn sign_request(
     Ok(full(bytes))
 }
 
+/// Check an outbound signing secret's form (`standard_webhooks`: `whsec_` + base64), for
+/// config validation. The message never contains the secret.
+pub fn check_auth(auth: &Auth) -> Result<(), String> {
+    match auth {
+        Auth::StandardWebhooks { secret } => standard::secret_key(secret.expose()).map(drop),
+        _ => Ok(()),
+    }
+}
+
 fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = current {
@@ -189,6 +198,7 @@ mod tests {
         let auth = Auth::StandardWebhooks {
             secret: Secret::new("whsec_!!notbase64!!"),
         };
+        assert!(check_auth(&auth).is_err());
         let err = signature_headers(&auth, &HeaderMap::new(), b"x", 0).unwrap_err();
         assert!(!err.contains("notbase64"), "{err}");
     }

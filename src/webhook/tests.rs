@@ -206,3 +206,15 @@ fn tolerance_off_skips_the_clock() {
         .verify(&h, b"{}", None, 1_000_000)
         .is_ok());
 }
+
+#[test]
+fn secrets_are_checked_for_their_scheme() {
+    assert!(check_secret(WebhookScheme::Sendgrid, &Secret::new("bm90IGEga2V5")).is_err());
+    assert!(check_secret(WebhookScheme::StandardWebhooks, &Secret::new("whsec_***")).is_err());
+    assert!(check_secret(
+        WebhookScheme::StandardWebhooks,
+        &Secret::new("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw")
+    )
+    .is_ok());
+    assert!(check_secret(WebhookScheme::Stripe, &Secret::new("anything")).is_ok());
+}
