@@ -31,7 +31,12 @@ impl Readiness {
     }
 }
 
-pub async fn serve_admin(listener: TcpListener, metrics: Metrics, ready: Readiness, shutdown: impl Future<Output = ()>) {
+pub async fn serve_admin(
+    listener: TcpListener,
+    metrics: Metrics,
+    ready: Readiness,
+    shutdown: impl Future<Output = ()>,
+) {
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(shutdown);
     loop {
@@ -54,7 +59,9 @@ pub async fn serve_admin(listener: TcpListener, metrics: Metrics, ready: Readine
                 let response = handle(&req, &metrics, &ready);
                 async move { Ok::<_, Infallible>(response) }
             });
-            let _ = builder.serve_connection(TokioIo::new(stream), service).await;
+            let _ = builder
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
         });
     }
 }
@@ -66,23 +73,28 @@ fn handle(req: &Request<Incoming>, metrics: &Metrics, ready: &Readiness) -> Resp
     match req.uri().path() {
         "/metrics" => {
             let mut response = Response::new(full(metrics.render()));
-            response
-                .headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+            response.headers_mut().insert(
+                CONTENT_TYPE,
+                HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
             response
         }
         "/healthz" => text(StatusCode::OK, "ok\n"),
         "/readyz" if ready.is_ready() => text(StatusCode::OK, "ready\n"),
         "/readyz" => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
-        _ => text(StatusCode::NOT_FOUND, "not found: try /metrics, /healthz or /readyz\n"),
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /healthz or /readyz\n",
+        ),
     }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<BoxBody> {
     let mut response = Response::new(full(body));
     *response.status_mut() = status;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
     response
 }

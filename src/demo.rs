@@ -40,10 +40,16 @@ async fn bind_or_any(preferred: SocketAddr) -> std::io::Result<TcpListener> {
     }
 }
 
-pub async fn run(listen: SocketAddr, admin: SocketAddr) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+pub async fn run(
+    listen: SocketAddr,
+    admin: SocketAddr,
+) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut mocks = Vec::new();
-    for (profile, key) in [(Profile::Stripe, DEMO_STRIPE_KEY), (Profile::Sendgrid, DEMO_SENDGRID_KEY)] {
+    for (profile, key) in [
+        (Profile::Stripe, DEMO_STRIPE_KEY),
+        (Profile::Sendgrid, DEMO_SENDGRID_KEY),
+    ] {
         let listener = TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
         let mut opts = MockOptions::new(profile);

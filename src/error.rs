@@ -48,11 +48,20 @@ pub enum ProxyError {
     #[error("request header section is larger than the {limit} byte limit")]
     HeadersTooLarge { limit: usize },
     #[error("{upstream}: local rate limit exceeded")]
-    RateLimited { upstream: String, retry_after: Duration },
+    RateLimited {
+        upstream: String,
+        retry_after: Duration,
+    },
     #[error("{upstream}: upstream rate limit in effect")]
-    UpstreamRateLimited { upstream: String, retry_after: Duration },
+    UpstreamRateLimited {
+        upstream: String,
+        retry_after: Duration,
+    },
     #[error("{upstream}: circuit breaker is open")]
-    CircuitOpen { upstream: String, retry_after: Duration },
+    CircuitOpen {
+        upstream: String,
+        retry_after: Duration,
+    },
     #[error("{upstream}: credentials unavailable: {reason}")]
     CredentialsUnavailable { upstream: String, reason: String },
     #[error("{upstream}: {}", unreachable_message(*.kind))]
@@ -83,7 +92,9 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
             ProxyError::HeaderTimeout => "request_timeout",
             ProxyError::HeadersTooLarge { .. } => "request_header_fields_too_large",
-            ProxyError::RateLimited { .. } | ProxyError::UpstreamRateLimited { .. } => "rate_limited",
+            ProxyError::RateLimited { .. } | ProxyError::UpstreamRateLimited { .. } => {
+                "rate_limited"
+            }
             ProxyError::CircuitOpen { .. } => "circuit_open",
             ProxyError::CredentialsUnavailable { .. } => "credentials_unavailable",
             ProxyError::Unreachable { .. } => "upstream_unreachable",
@@ -98,8 +109,12 @@ impl ProxyError {
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             ProxyError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-            ProxyError::RateLimited { .. } | ProxyError::UpstreamRateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            ProxyError::CircuitOpen { .. } | ProxyError::CredentialsUnavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            ProxyError::RateLimited { .. } | ProxyError::UpstreamRateLimited { .. } => {
+                StatusCode::TOO_MANY_REQUESTS
+            }
+            ProxyError::CircuitOpen { .. } | ProxyError::CredentialsUnavailable { .. } => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -231,7 +246,10 @@ mod tests {
 
     #[test]
     fn error_json_has_the_contract_fields() {
-        let err = ProxyError::RateLimited { upstream: "stripe".into(), retry_after: Duration::from_millis(1200) };
+        let err = ProxyError::RateLimited {
+            upstream: "stripe".into(),
+            retry_after: Duration::from_millis(1200),
+        };
         let response = err.to_response(None, "req-1");
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["x-outpost-error"], "rate_limited");
@@ -256,12 +274,24 @@ mod tests {
 
     #[test]
     fn statuses_classify() {
-        assert_eq!(classify_status(StatusCode::UNAUTHORIZED), Some("authentication_failed"));
-        assert_eq!(classify_status(StatusCode::FORBIDDEN), Some("authentication_failed"));
+        assert_eq!(
+            classify_status(StatusCode::UNAUTHORIZED),
+            Some("authentication_failed")
+        );
+        assert_eq!(
+            classify_status(StatusCode::FORBIDDEN),
+            Some("authentication_failed")
+        );
         assert_eq!(classify_status(StatusCode::NOT_FOUND), Some("not_found"));
-        assert_eq!(classify_status(StatusCode::TOO_MANY_REQUESTS), Some("rate_limited"));
+        assert_eq!(
+            classify_status(StatusCode::TOO_MANY_REQUESTS),
+            Some("rate_limited")
+        );
         assert_eq!(classify_status(StatusCode::CONFLICT), Some("client_error"));
-        assert_eq!(classify_status(StatusCode::BAD_GATEWAY), Some("upstream_error"));
+        assert_eq!(
+            classify_status(StatusCode::BAD_GATEWAY),
+            Some("upstream_error")
+        );
         assert_eq!(classify_status(StatusCode::OK), None);
         assert_eq!(classify_status(StatusCode::FOUND), None);
     }

@@ -21,13 +21,21 @@ struct Cli {
 #[derive(Args, Clone)]
 struct ConfigArg {
     /// Config file [default: $OUTPOST_CONFIG, then ./proxy.yaml]
-    #[arg(short = 'c', long = "config", env = "OUTPOST_CONFIG", global = true, value_name = "FILE")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        env = "OUTPOST_CONFIG",
+        global = true,
+        value_name = "FILE"
+    )]
     file: Option<PathBuf>,
 }
 
 impl ConfigArg {
     fn path(&self) -> PathBuf {
-        self.file.clone().unwrap_or_else(|| PathBuf::from("proxy.yaml"))
+        self.file
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("proxy.yaml"))
     }
 }
 
@@ -61,7 +69,10 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     outpost::telemetry::init();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("outpost: cannot start the runtime: {e}");
@@ -88,7 +99,12 @@ fn check(path: &std::path::Path) -> i32 {
         }
         Err(errors) => {
             eprintln!("{errors}");
-            eprintln!("{}: invalid ({} error{})", path.display(), errors.0.len(), if errors.0.len() == 1 { "" } else { "s" });
+            eprintln!(
+                "{}: invalid ({} error{})",
+                path.display(),
+                errors.0.len(),
+                if errors.0.len() == 1 { "" } else { "s" }
+            );
             1
         }
     }

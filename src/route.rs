@@ -72,7 +72,9 @@ impl Router {
 /// Refuse a path that is not origin-form or holds a dot segment (`.`/`..`), raw or encoded.
 pub fn check_path(path: &str) -> Result<(), ProxyError> {
     if !path.starts_with('/') {
-        return Err(ProxyError::BadRequest("request target must be an absolute path"));
+        return Err(ProxyError::BadRequest(
+            "request target must be an absolute path",
+        ));
     }
     if path.starts_with("//") {
         return Err(ProxyError::BadRequest("empty upstream segment in path"));
@@ -92,7 +94,10 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
             Some(b'/') | Some(b'\\') => (true, false, 1),
             Some(b'.') => (false, true, 1),
             Some(b'%') if i + 2 < bytes.len() => {
-                match (bytes[i + 1].to_ascii_lowercase(), bytes[i + 2].to_ascii_lowercase()) {
+                match (
+                    bytes[i + 1].to_ascii_lowercase(),
+                    bytes[i + 2].to_ascii_lowercase(),
+                ) {
                     (b'2', b'e') => (false, true, 3),
                     (b'2', b'f') | (b'5', b'c') => (true, false, 3),
                     _ => (false, false, 3),
@@ -102,7 +107,9 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
         };
         if separator {
             if !other && (dots == 1 || dots == 2) {
-                return Err(ProxyError::BadRequest("path must not contain `.` or `..` segments"));
+                return Err(ProxyError::BadRequest(
+                    "path must not contain `.` or `..` segments",
+                ));
             }
             if i >= bytes.len() {
                 return Ok(());
@@ -131,44 +138,104 @@ mod tests {
     #[test]
     fn routes_by_first_segment() {
         let r = router();
-        assert_eq!(r.route(None, "/stripe/v1/customers").unwrap(), Routed { index: 0, rest: "/v1/customers" });
-        assert_eq!(r.route(None, "/stripe").unwrap(), Routed { index: 0, rest: "" });
-        assert_eq!(r.route(None, "/stripe/").unwrap(), Routed { index: 0, rest: "/" });
+        assert_eq!(
+            r.route(None, "/stripe/v1/customers").unwrap(),
+            Routed {
+                index: 0,
+                rest: "/v1/customers"
+            }
+        );
+        assert_eq!(
+            r.route(None, "/stripe").unwrap(),
+            Routed { index: 0, rest: "" }
+        );
+        assert_eq!(
+            r.route(None, "/stripe/").unwrap(),
+            Routed {
+                index: 0,
+                rest: "/"
+            }
+        );
         assert_eq!(r.route(None, "/sendgrid/v3/mail/send").unwrap().index, 1);
     }
 
     #[test]
     fn prefix_confusion_is_not_a_match() {
         let r = router();
-        for path in ["/stripex/v1", "/strip/v1", "/Stripe/v1", "/%73tripe/v1", "/", "/stripe.evil/v1"] {
-            assert!(matches!(r.route(None, path), Err(ProxyError::UnknownUpstream)), "{path}");
+        for path in [
+            "/stripex/v1",
+            "/strip/v1",
+            "/Stripe/v1",
+            "/%73tripe/v1",
+            "/",
+            "/stripe.evil/v1",
+        ] {
+            assert!(
+                matches!(r.route(None, path), Err(ProxyError::UnknownUpstream)),
+                "{path}"
+            );
         }
     }
 
     #[test]
     fn routes_by_host() {
         let r = router();
-        assert_eq!(r.route(Some("stripe.outpost.local"), "/v1/x").unwrap(), Routed { index: 0, rest: "/v1/x" });
-        assert_eq!(r.route(Some("STRIPE.outpost.local:8080"), "/v1/x").unwrap().index, 0);
-        assert!(matches!(r.route(Some("other.local"), "/v1/x"), Err(ProxyError::UnknownUpstream)));
+        assert_eq!(
+            r.route(Some("stripe.outpost.local"), "/v1/x").unwrap(),
+            Routed {
+                index: 0,
+                rest: "/v1/x"
+            }
+        );
+        assert_eq!(
+            r.route(Some("STRIPE.outpost.local:8080"), "/v1/x")
+                .unwrap()
+                .index,
+            0
+        );
+        assert!(matches!(
+            r.route(Some("other.local"), "/v1/x"),
+            Err(ProxyError::UnknownUpstream)
+        ));
     }
 
     #[test]
     fn dot_segments_are_refused() {
         for path in [
-            "/stripe/../sendgrid", "/stripe/..", "/stripe/./v1", "/..", "/stripe/%2e%2e/x", "/stripe/%2E%2e",
-            "/stripe/.%2e/x", "/stripe/v1%2f..%2fx", "/stripe/v1%2F%2e%2e", "/stripe/%2e", "/stripe/..\\x",
-            "/stripe/v1%5c..", "//evil.example/x",
+            "/stripe/../sendgrid",
+            "/stripe/..",
+            "/stripe/./v1",
+            "/..",
+            "/stripe/%2e%2e/x",
+            "/stripe/%2E%2e",
+            "/stripe/.%2e/x",
+            "/stripe/v1%2f..%2fx",
+            "/stripe/v1%2F%2e%2e",
+            "/stripe/%2e",
+            "/stripe/..\\x",
+            "/stripe/v1%5c..",
+            "//evil.example/x",
         ] {
-            assert!(matches!(check_path(path), Err(ProxyError::BadRequest(_))), "{path}");
+            assert!(
+                matches!(check_path(path), Err(ProxyError::BadRequest(_))),
+                "{path}"
+            );
         }
     }
 
     #[test]
     fn ordinary_paths_pass() {
         for path in [
-            "/stripe/v1/customers", "/stripe/v1/files/a.b.c", "/stripe/...", "/stripe/.well-known/x",
-            "/stripe/a%20b", "/stripe/%2e%2e%2e", "/stripe/x%2", "/stripe/x%", "/stripe/%252e%25e2", "/stripe//v1",
+            "/stripe/v1/customers",
+            "/stripe/v1/files/a.b.c",
+            "/stripe/...",
+            "/stripe/.well-known/x",
+            "/stripe/a%20b",
+            "/stripe/%2e%2e%2e",
+            "/stripe/x%2",
+            "/stripe/x%",
+            "/stripe/%252e%25e2",
+            "/stripe//v1",
         ] {
             assert!(check_path(path).is_ok(), "{path}");
         }

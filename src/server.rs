@@ -72,7 +72,9 @@ pub async fn serve_app(
         let limits = limits.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let Some(io) = first_head(stream, &limits, &ids).await else { return };
+            let Some(io) = first_head(stream, &limits, &ids).await else {
+                return;
+            };
             let service = service_fn(move |req| proxy.clone().serve(req));
             let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
             if let Err(e) = watcher.watch(conn.into_owned()).await {
@@ -81,8 +83,14 @@ pub async fn serve_app(
         });
     }
     drop(listener);
-    if tokio::time::timeout(drain_timeout, graceful.shutdown()).await.is_err() {
-        tracing::warn!(?drain_timeout, "drain timeout reached with requests still in flight");
+    if tokio::time::timeout(drain_timeout, graceful.shutdown())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            ?drain_timeout,
+            "drain timeout reached with requests still in flight"
+        );
     }
 }
 
@@ -115,18 +123,34 @@ enum Head {
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// Read and check the first request head; answer 408/431/400 ourselves when it is bad.
-async fn first_head(mut stream: TcpStream, limits: &Limits, ids: &RequestIds) -> Option<Prefixed<TcpStream>> {
+async fn first_head(
+    mut stream: TcpStream,
+    limits: &Limits,
+    ids: &RequestIds,
+) -> Option<Prefixed<TcpStream>> {
     let mut buf = BytesMut::with_capacity(4096);
-    let verdict = match tokio::time::timeout(limits.header_read_timeout, read_head(&mut stream, &mut buf, limits.max_header_bytes)).await {
+    let verdict = match tokio::time::timeout(
+        limits.header_read_timeout,
+        read_head(&mut stream, &mut buf, limits.max_header_bytes),
+    )
+    .await
+    {
         Ok(Ok(Some(head))) => head,
         Ok(Ok(None)) | Ok(Err(_)) => return None,
         Err(_) => Head::Timeout,
     };
     let error = match verdict {
-        Head::Ready => return Some(Prefixed { prefix: buf.freeze(), inner: stream }),
+        Head::Ready => {
+            return Some(Prefixed {
+                prefix: buf.freeze(),
+                inner: stream,
+            })
+        }
         Head::Timeout if buf.is_empty() => return None, // an idle pre-connection: just close
         Head::Timeout => ProxyError::HeaderTimeout,
-        Head::TooLarge => ProxyError::HeadersTooLarge { limit: limits.max_header_bytes },
+        Head::TooLarge => ProxyError::HeadersTooLarge {
+            limit: limits.max_header_bytes,
+        },
         Head::Bad(reason) => ProxyError::BadRequest(reason),
     };
     let request_id = ids.next();
@@ -136,7 +160,11 @@ async fn first_head(mut stream: TcpStream, limits: &Limits, ids: &RequestIds) ->
 }
 
 /// Read until the end of the first head. `None`: the peer closed before sending anything.
-async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, max: usize) -> io::Result<Option<Head>> {
+async fn read_head(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    max: usize,
+) -> io::Result<Option<Head>> {
     let mut searched = 0;
     loop {
         if buf.starts_with(H2_PREFACE) {
@@ -151,7 +179,11 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, max: usize) -> io
         }
         buf.reserve(4096.min(max + 1 - buf.len()).max(1));
         if stream.read_buf(buf).await? == 0 {
-            return if buf.is_empty() { Ok(None) } else { Err(io::ErrorKind::UnexpectedEof.into()) };
+            return if buf.is_empty() {
+                Ok(None)
+            } else {
+                Err(io::ErrorKind::UnexpectedEof.into())
+            };
         }
     }
 }
@@ -159,8 +191,14 @@ async fn read_head(stream: &mut TcpStream, buf: &mut BytesMut, max: usize) -> io
 fn find_head_end(buf: &[u8], from: usize) -> Option<usize> {
     let from = from.min(buf.len());
     let window = &buf[from..];
-    let crlf = window.windows(4).position(|w| w == b"\r\n\r\n").map(|p| from + p + 4);
-    let lf = window.windows(2).position(|w| w == b"\n\n").map(|p| from + p + 2);
+    let crlf = window
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| from + p + 4);
+    let lf = window
+        .windows(2)
+        .position(|w| w == b"\n\n")
+        .map(|p| from + p + 2);
     match (crlf, lf) {
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
@@ -184,7 +222,9 @@ fn check_framing(head: &[u8]) -> Head {
         } else if h.name.eq_ignore_ascii_case("content-length") {
             for value in h.value.split(|b| *b == b',').map(|v| v.trim_ascii()) {
                 match content_length {
-                    Some(prev) if prev != value => return Head::Bad("conflicting Content-Length headers"),
+                    Some(prev) if prev != value => {
+                        return Head::Bad("conflicting Content-Length headers")
+                    }
                     _ => content_length = Some(value),
                 }
             }
@@ -196,7 +236,11 @@ fn check_framing(head: &[u8]) -> Head {
     Head::Ready
 }
 
-async fn write_raw_error(stream: &mut TcpStream, error: &ProxyError, request_id: &str) -> io::Result<()> {
+async fn write_raw_error(
+    stream: &mut TcpStream,
+    error: &ProxyError,
+    request_id: &str,
+) -> io::Result<()> {
     let status = error.status();
     let body = ErrorBody {
         kind: error.kind(),
@@ -232,7 +276,11 @@ pin_project_lite::pin_project! {
 }
 
 impl<S: AsyncRead> AsyncRead for Prefixed<S> {
-    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
         let this = self.project();
         if !this.prefix.is_empty() {
             let n = this.prefix.len().min(buf.remaining());
@@ -245,7 +293,11 @@ impl<S: AsyncRead> AsyncRead for Prefixed<S> {
 }
 
 impl<S: AsyncWrite> AsyncWrite for Prefixed<S> {
-    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write(cx, buf)
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
@@ -254,7 +306,11 @@ impl<S: AsyncWrite> AsyncWrite for Prefixed<S> {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
     }
-    fn poll_write_vectored(self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         self.project().inner.poll_write_vectored(cx, bufs)
     }
     fn is_write_vectored(&self) -> bool {
@@ -268,11 +324,28 @@ mod tests {
 
     #[test]
     fn framing_checks() {
-        assert!(matches!(check_framing(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"), Head::Ready));
-        assert!(matches!(check_framing(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"), Head::Ready));
-        assert!(matches!(check_framing(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"), Head::Bad(_)));
-        assert!(matches!(check_framing(b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n"), Head::Bad(_)));
-        assert!(matches!(check_framing(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"), Head::Bad(_)));
+        assert!(matches!(
+            check_framing(b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n"),
+            Head::Ready
+        ));
+        assert!(matches!(
+            check_framing(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n"),
+            Head::Ready
+        ));
+        assert!(matches!(
+            check_framing(b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"),
+            Head::Bad(_)
+        ));
+        assert!(matches!(
+            check_framing(b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n"),
+            Head::Bad(_)
+        ));
+        assert!(matches!(
+            check_framing(
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n"
+            ),
+            Head::Bad(_)
+        ));
         assert!(matches!(check_framing(b"garbage\r\n\r\n"), Head::Ready));
     }
 
