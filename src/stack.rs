@@ -75,6 +75,7 @@ struct Counters {
     attempt_tls_error: Counter,
     attempt_other_error: Counter,
     retry_status: Counter,
+    retry_auth_refresh: Counter,
     retry_connect_error: Counter,
     retry_timeout: Counter,
     limited_local: Counter,
@@ -96,6 +97,7 @@ impl Counters {
             attempt_tls_error: attempt("tls_error"),
             attempt_other_error: attempt("other_error"),
             retry_status: retry(Reason::Status.label()),
+            retry_auth_refresh: retry(Reason::AuthRefresh.label()),
             retry_connect_error: retry(Reason::ConnectError.label()),
             retry_timeout: retry(Reason::Timeout.label()),
             limited_local: limited("local"),
@@ -116,7 +118,8 @@ impl Counters {
 
     fn retry(&self, reason: Reason) {
         match reason {
-            Reason::Status | Reason::AuthRefresh => &self.retry_status,
+            Reason::Status => &self.retry_status,
+            Reason::AuthRefresh => &self.retry_auth_refresh,
             Reason::ConnectError => &self.retry_connect_error,
             Reason::Timeout => &self.retry_timeout,
         }
@@ -200,15 +203,20 @@ impl UpstreamStack {
         };
         let request_id = outbound.request_id.clone();
         let mut attempts = 0;
+        // Set while an attempt is on the wire, so a total timeout during a backoff sleep or a
+        // limiter wait is not counted as a timed-out attempt.
+        let sending = AtomicBool::new(false);
         let result = match tokio::time::timeout_at(
             deadline,
-            self.forward(outbound, deadline, &mut attempts),
+            self.forward(outbound, deadline, &mut attempts, &sending),
         )
         .await
         {
             Ok(result) => result,
             Err(_) => {
-                self.counters.attempt_timeout.increment(1);
+                if sending.load(Ordering::Relaxed) {
+                    self.counters.attempt_timeout.increment(1);
+                }
                 Err(ProxyError::Timeout {
                     upstream: self.name(),
                     total: true,
@@ -308,6 +316,7 @@ impl UpstreamStack {
         outbound: Outbound,
         deadline: Instant,
         attempts: &mut u32,
+        sending: &AtomicBool,
     ) -> Result<Response<BoxBody>, ProxyError> {
         let Outbound {
             request,
@@ -341,7 +350,9 @@ impl UpstreamStack {
             };
             *attempts += 1;
             let request = self.build_request(&parts, &path_and_query, key, attempt_body)?;
+            sending.store(true, Ordering::Relaxed);
             let outcome = self.send(request, upgrade.take(), body_limit).await;
+            sending.store(false, Ordering::Relaxed);
 
             let last = retries + 1 >= self.retry.config.max_attempts || !body.replayable();
             let decision = match &outcome {

@@ -197,28 +197,23 @@ impl Limiter {
             return self.in_flight_slot(start, budget).await;
         }
 
-        // Estimate before queueing so an overloaded upstream answers 429 at once.
+        // Estimate before queueing so an overloaded upstream answers 429 at once. Only a
+        // request with nobody ahead may take a token directly; the others join the queue, so
+        // arrival order holds.
         let ahead = self.queued.load(Ordering::Relaxed) as u32;
         if let Some(bucket) = &self.bucket {
-            let bucket_wait = match bucket.check() {
-                Ok(()) if ahead == 0 => {
-                    return self.in_flight_slot(start, budget).await;
+            let estimate = if ahead == 0 {
+                match bucket.check() {
+                    Ok(()) => return self.in_flight_slot(start, budget).await,
+                    Err(not_until) => not_until.wait_time_from(TokioClock.now()),
                 }
-                Ok(()) => {
-                    // We took a token that belongs to a waiter ahead of us; there is no
-                    // "un-check", so count it as ours and queue behind the others anyway.
-                    Duration::ZERO
-                }
-                Err(not_until) => not_until.wait_time_from(TokioClock.now()),
+            } else {
+                self.interval * (ahead + 1)
             };
-            let estimate = bucket_wait + self.interval * ahead;
             if estimate > budget {
                 return Err(Rejected::Local {
                     retry_after: estimate.max(self.interval),
                 });
-            }
-            if bucket_wait.is_zero() {
-                return self.in_flight_slot(start, budget).await;
             }
         }
 
