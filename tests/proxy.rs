@@ -19,7 +19,10 @@ use support::*;
 use tokio::net::TcpListener;
 
 /// Start one of Outpost's own provider mocks (`outpost::mock::serve`) on `127.0.0.1:0`.
-async fn provider_mock(profile: Profile, api_key: &str) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
+async fn provider_mock(
+    profile: Profile,
+    api_key: &str,
+) -> (SocketAddr, tokio::sync::watch::Sender<bool>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let mut opts = MockOptions::new(profile);
@@ -53,16 +56,29 @@ async fn path_after_the_prefix_is_appended_to_the_base_path_with_the_query() {
     ))
     .await;
     for (method, target, expected) in [
-        ("GET", "/api/things/1?expand%5B%5D=owner&q=a%20b", "/base/v2/things/1?expand%5B%5D=owner&q=a%20b"),
+        (
+            "GET",
+            "/api/things/1?expand%5B%5D=owner&q=a%20b",
+            "/base/v2/things/1?expand%5B%5D=owner&q=a%20b",
+        ),
         ("GET", "/api", "/base/v2"),
         ("GET", "/api/", "/base/v2/"),
         ("GET", "/api?x=1", "/base/v2?x=1"),
         ("DELETE", "/api/things/1", "/base/v2/things/1"),
         ("PUT", "/api/things/1", "/base/v2/things/1"),
-        ("PATCH", "/api/things/1?dry_run=true", "/base/v2/things/1?dry_run=true"),
+        (
+            "PATCH",
+            "/api/things/1?dry_run=true",
+            "/base/v2/things/1?dry_run=true",
+        ),
     ] {
         let response = proxy
-            .request(method, target, &[("content-type", "application/json")], "{\"a\":1}")
+            .request(
+                method,
+                target,
+                &[("content-type", "application/json")],
+                "{\"a\":1}",
+            )
             .await;
         assert_eq!(response.status, 200, "{method} {target}");
         let seen = mock.next_request().await;
@@ -72,7 +88,9 @@ async fn path_after_the_prefix_is_appended_to_the_base_path_with_the_query() {
         assert_eq!(seen.header("content-type"), Some("application/json"));
     }
     // The app gets the request id Outpost assigned (or its own).
-    let response = proxy.request("GET", "/api/x", &[("x-request-id", "app-123")], "").await;
+    let response = proxy
+        .request("GET", "/api/x", &[("x-request-id", "app-123")], "")
+        .await;
     assert_eq!(response.header("x-request-id"), Some("app-123"));
 }
 
@@ -86,12 +104,21 @@ async fn static_headers_are_applied_to_every_call() {
     .await;
     for _ in 0..2 {
         let response = proxy
-            .request("GET", "/api/v1", &[("stripe-version", "2019-01-01"), ("x-app", "mine")], "")
+            .request(
+                "GET",
+                "/api/v1",
+                &[("stripe-version", "2019-01-01"), ("x-app", "mine")],
+                "",
+            )
             .await;
         assert_eq!(response.status, 200);
         let seen = mock.next_request().await;
         let versions: Vec<_> = seen.headers.get_all("stripe-version").iter().collect();
-        assert_eq!(versions, ["2024-06-20"], "configured headers replace the app's");
+        assert_eq!(
+            versions,
+            ["2024-06-20"],
+            "configured headers replace the app's"
+        );
         assert_eq!(seen.header("x-static"), Some("fixed"));
         assert_eq!(seen.header("x-app"), Some("mine"));
     }
@@ -133,7 +160,10 @@ async fn credentials_are_injected_from_literals_and_secret_files() {
     ))
     .await;
     assert_eq!(proxy.get("/bearer/v1").await.status, 200);
-    assert_eq!(bearer.only_request().header("authorization"), Some("Bearer sk_test_from_file"));
+    assert_eq!(
+        bearer.only_request().header("authorization"),
+        Some("Bearer sk_test_from_file")
+    );
     assert_eq!(proxy.get("/basic/v1").await.status, 200);
     let expected = base64::engine::general_purpose::STANDARD.encode("AC123:pw-from-file");
     assert_eq!(
@@ -141,7 +171,10 @@ async fn credentials_are_injected_from_literals_and_secret_files() {
         Some(format!("Basic {expected}").as_str())
     );
     assert_eq!(proxy.get("/header/v1").await.status, 200);
-    assert_eq!(header.only_request().header("x-api-key"), Some("Token hdr-from-file"));
+    assert_eq!(
+        header.only_request().header("x-api-key"),
+        Some("Token hdr-from-file")
+    );
     assert_eq!(proxy.get("/query/v1?page=2").await.status, 200);
     assert_eq!(query.only_request().uri, "/v1?page=2&key=plain-query-key");
 }
@@ -188,11 +221,15 @@ async fn stripe_sdk_request_shapes_create_a_customer_through_the_mock() {
     .await;
     assert_eq!(direct.status, 401);
 
-    let created = proxy.request("POST", "/stripe/v1/customers", &sdk_headers, form).await;
+    let created = proxy
+        .request("POST", "/stripe/v1/customers", &sdk_headers, form)
+        .await;
     assert_eq!(created.status, 200, "{}", created.text());
     assert_eq!(created.header("content-type"), Some("application/json"));
     assert_eq!(created.header("stripe-version"), Some("2024-06-20"));
-    assert!(created.header("request-id").is_some_and(|id| id.starts_with("req_")));
+    assert!(created
+        .header("request-id")
+        .is_some_and(|id| id.starts_with("req_")));
     assert!(created.header("x-outpost-error").is_none());
     let customer = created.json();
     assert_eq!(customer["object"], "customer");
@@ -203,20 +240,32 @@ async fn stripe_sdk_request_shapes_create_a_customer_through_the_mock() {
     assert!(id.starts_with("cus_"), "{id}");
 
     // The SDK's retry of the same call (same Idempotency-Key) is replayed, not duplicated.
-    let replayed = proxy.request("POST", "/stripe/v1/customers", &sdk_headers, form).await;
+    let replayed = proxy
+        .request("POST", "/stripe/v1/customers", &sdk_headers, form)
+        .await;
     assert_eq!(replayed.status, 200);
     assert_eq!(replayed.header("idempotent-replayed"), Some("true"));
     assert_eq!(replayed.json()["id"], id.as_str());
 
     let fetched = proxy
-        .request("GET", &format!("/stripe/v1/customers/{id}"), &sdk_headers[..1], "")
+        .request(
+            "GET",
+            &format!("/stripe/v1/customers/{id}"),
+            &sdk_headers[..1],
+            "",
+        )
         .await;
     assert_eq!(fetched.status, 200);
     assert_eq!(fetched.json()["email"], "jenny.rosen@example.com");
 
     // A Stripe error body passes through untouched, classified in x-outpost-error.
     let missing = proxy
-        .request("GET", "/stripe/v1/customers/cus_missing", &sdk_headers[..1], "")
+        .request(
+            "GET",
+            "/stripe/v1/customers/cus_missing",
+            &sdk_headers[..1],
+            "",
+        )
         .await;
     assert_eq!(missing.status, 404);
     assert_eq!(missing.header("x-outpost-error"), Some("not_found"));
@@ -269,14 +318,24 @@ async fn server_sent_events_arrive_chunk_by_chunk() {
         let body = body.lock().unwrap().take().expect("one stream");
         Reply::Respond(response(
             200,
-            &[("content-type", "text/event-stream"), ("cache-control", "no-cache")],
+            &[
+                ("content-type", "text/event-stream"),
+                ("cache-control", "no-cache"),
+            ],
             body,
         ))
     })
     .await;
     let proxy = one_upstream("", &mock).await;
-    let req = proxy.build("GET", "/api/v1/stream", &[("accept", "text/event-stream")], empty());
-    let response = guard("SSE response head", proxy.client.request(req)).await.unwrap();
+    let req = proxy.build(
+        "GET",
+        "/api/v1/stream",
+        &[("accept", "text/event-stream")],
+        empty(),
+    );
+    let response = guard("SSE response head", proxy.client.request(req))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
     assert_eq!(response.headers()["content-type"], "text/event-stream");
     let mut body = response.into_body();
@@ -314,9 +373,14 @@ async fn a_100_mib_download_streams_through() {
     .await;
     let proxy = one_upstream("", &mock).await;
     let req = proxy.build("GET", "/api/big.bin", &[], empty());
-    let response = guard("download head", proxy.client.request(req)).await.unwrap();
+    let response = guard("download head", proxy.client.request(req))
+        .await
+        .unwrap();
     assert_eq!(response.status(), 200);
-    assert_eq!(response.headers()["content-length"], TOTAL.to_string().as_str());
+    assert_eq!(
+        response.headers()["content-length"],
+        TOTAL.to_string().as_str()
+    );
     // The mock generates the body chunk by chunk and the client counts it as it arrives, so
     // neither end holds it; the proxy cannot either, since the client sees the first bytes
     // long before the mock has produced the last (the stream is paced by the client's reads).
@@ -330,7 +394,10 @@ async fn a_100_mib_download_streams_through() {
         }
     }
     assert_eq!(count, TOTAL);
-    assert!(frames > 100, "the body arrived in {frames} frames: it was not streamed");
+    assert!(
+        frames > 100,
+        "the body arrived in {frames} frames: it was not streamed"
+    );
 }
 
 #[tokio::test]
@@ -361,7 +428,10 @@ async fn a_20_mib_streaming_upload_arrives_intact() {
     );
     assert_eq!(send(&proxy.client, req).await.status, 200);
     let seen = mock.requests().pop().unwrap();
-    assert_eq!(seen.header("content-length"), Some((TOTAL / 4).to_string().as_str()));
+    assert_eq!(
+        seen.header("content-length"),
+        Some((TOTAL / 4).to_string().as_str())
+    );
     assert_eq!(seen.body_sha256, GeneratedBody::sha256(TOTAL / 4));
 }
 
@@ -376,7 +446,9 @@ fn grpc_frame(message: &[u8]) -> Bytes {
 #[tokio::test]
 async fn h2c_client_to_http2_upstream_with_grpc_trailers() {
     let mock = MockUpstream::start(|req| {
-        if req.header("content-type") != Some("application/grpc") || req.header("te") != Some("trailers") {
+        if req.header("content-type") != Some("application/grpc")
+            || req.header("te") != Some("trailers")
+        {
             return Reply::with(415, &[], "not grpc");
         }
         Reply::Respond(response(
@@ -419,7 +491,11 @@ async fn h2c_client_to_http2_upstream_with_grpc_trailers() {
     assert_eq!(trailers["grpc-message"], "OK");
 
     let seen = mock.only_request();
-    assert_eq!(seen.version, Version::HTTP_2, "http: http2 speaks h2c to the upstream");
+    assert_eq!(
+        seen.version,
+        Version::HTTP_2,
+        "http: http2 speaks h2c to the upstream"
+    );
     assert_eq!(seen.uri, "/helloworld.Greeter/SayHello");
     assert_eq!(seen.header("te"), Some("trailers"));
     assert_eq!(seen.header("grpc-timeout"), Some("5S"));
@@ -432,7 +508,9 @@ async fn h2c_client_reaches_an_http1_upstream() {
     // An h2c client in front of a plain HTTP/1.1 upstream (the common case: auto on cleartext).
     let mock = MockUpstream::start(|_| Reply::json(200, &json!({"ok": true}))).await;
     let proxy = one_upstream("", &mock).await;
-    let req = Request::get(proxy.url("/api/v1/ping")).body(empty()).unwrap();
+    let req = Request::get(proxy.url("/api/v1/ping"))
+        .body(empty())
+        .unwrap();
     let answer = send(&h2c_client(), req).await;
     assert_eq!(answer.version, Version::HTTP_2);
     assert_eq!(answer.status, 200);
@@ -472,19 +550,30 @@ async fn websocket_upgrade_is_tunnelled_with_the_credential_on_the_handshake() {
     let handshake = conn.read_response().await;
     assert_eq!(handshake.status, 101, "{handshake:#?}");
     assert_eq!(handshake.header("upgrade"), Some("websocket"));
-    assert_eq!(handshake.header("sec-websocket-accept"), Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo="));
+    assert_eq!(
+        handshake.header("sec-websocket-accept"),
+        Some("s3pPLMBiTxaQ9kYGzzhZRbK+xOo=")
+    );
 
     // A masked text frame "hello" and then raw bytes: both come back verbatim.
-    let frame = [0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58];
+    let frame = [
+        0x81, 0x85, 0x37, 0xfa, 0x21, 0x3d, 0x7f, 0x9f, 0x4d, 0x51, 0x58,
+    ];
     conn.write(&frame).await;
     assert_eq!(&conn.read_exact(frame.len()).await[..], &frame);
     conn.write(b"second message, client to server").await;
-    assert_eq!(&conn.read_exact(32).await[..], b"second message, client to server");
+    assert_eq!(
+        &conn.read_exact(32).await[..],
+        b"second message, client to server"
+    );
 
     let seen = mock.only_request();
     assert_eq!(seen.uri, "/v1/realtime?model=x");
     assert_eq!(seen.header("authorization"), Some("Bearer ws-secret"));
-    assert_eq!(seen.header("sec-websocket-key"), Some("dGhlIHNhbXBsZSBub25jZQ=="));
+    assert_eq!(
+        seen.header("sec-websocket-key"),
+        Some("dGhlIHNhbXBsZSBub25jZQ==")
+    );
     assert!(seen
         .header("connection")
         .is_some_and(|c| c.to_ascii_lowercase().contains("upgrade")));
@@ -492,22 +581,39 @@ async fn websocket_upgrade_is_tunnelled_with_the_credential_on_the_handshake() {
 
 #[tokio::test]
 async fn graphql_and_soap_pass_through_byte_identical() {
-    let graphql_answer = r#"{"data":{"viewer":{"login":"octocat","repositories":{"totalCount":8}}}}"#;
+    let graphql_answer =
+        r#"{"data":{"viewer":{"login":"octocat","repositories":{"totalCount":8}}}}"#;
     let soap_answer = "<?xml version=\"1.0\" encoding=\"utf-8\"?>\n<soap:Envelope xmlns:soap=\"http://schemas.xmlsoap.org/soap/envelope/\"><soap:Body><AddResponse xmlns=\"http://tempuri.org/\"><AddResult>5</AddResult></AddResponse></soap:Body></soap:Envelope>";
     let mock = MockUpstream::start(move |req| match req.path() {
-        "/graphql" => Reply::with(200, &[("content-type", "application/json; charset=utf-8")], graphql_answer),
-        _ => Reply::with(200, &[("content-type", "text/xml; charset=utf-8")], soap_answer),
+        "/graphql" => Reply::with(
+            200,
+            &[("content-type", "application/json; charset=utf-8")],
+            graphql_answer,
+        ),
+        _ => Reply::with(
+            200,
+            &[("content-type", "text/xml; charset=utf-8")],
+            soap_answer,
+        ),
     })
     .await;
     let proxy = one_upstream("", &mock).await;
 
     let query = r#"{"query":"query { viewer { login repositories(first: 1) { totalCount } } }","variables":{"n":1},"operationName":null}"#;
     let response = proxy
-        .request("POST", "/api/graphql", &[("content-type", "application/json")], query)
+        .request(
+            "POST",
+            "/api/graphql",
+            &[("content-type", "application/json")],
+            query,
+        )
         .await;
     assert_eq!(response.status, 200);
     assert_eq!(response.body, graphql_answer.as_bytes());
-    assert_eq!(response.header("content-type"), Some("application/json; charset=utf-8"));
+    assert_eq!(
+        response.header("content-type"),
+        Some("application/json; charset=utf-8")
+    );
     let seen = mock.next_request().await;
     assert_eq!(seen.body, query.as_bytes());
     assert_eq!(seen.header("content-type"), Some("application/json"));
@@ -528,7 +634,10 @@ async fn graphql_and_soap_pass_through_byte_identical() {
     assert_eq!(response.body, soap_answer.as_bytes());
     let seen = mock.next_request().await;
     assert_eq!(seen.body, envelope.as_bytes());
-    assert_eq!(seen.header("soapaction"), Some("\"http://tempuri.org/Add\""));
+    assert_eq!(
+        seen.header("soapaction"),
+        Some("\"http://tempuri.org/Add\"")
+    );
     assert_eq!(seen.header("content-type"), Some("text/xml; charset=utf-8"));
 }
 
@@ -541,7 +650,9 @@ async fn upstream_errors_pass_through_untouched_with_their_classification() {
             &[
                 ("content-type", "application/vnd.provider+json"),
                 ("x-provider-trace", "abc"),
-                ("retry-after", "7"),
+                // 0: a longer wait would (rightly) pause the upstream's limiter for the next
+                // requests of this test.
+                ("retry-after", "0"),
             ],
             format!("{{\"error\":{{\"code\":{status},\"message\":\"provider says so\"}}}}"),
         )
@@ -561,12 +672,17 @@ async fn upstream_errors_pass_through_untouched_with_their_classification() {
         (200, None),
         (201, None),
     ] {
-        let response = proxy.request("POST", &format!("/api/{status}"), &[], "{}").await;
+        let response = proxy
+            .request("POST", &format!("/api/{status}"), &[], "{}")
+            .await;
         assert_eq!(response.status.as_u16(), status);
         assert_eq!(response.header("x-outpost-error"), kind, "{status}");
-        assert_eq!(response.header("content-type"), Some("application/vnd.provider+json"));
+        assert_eq!(
+            response.header("content-type"),
+            Some("application/vnd.provider+json")
+        );
         assert_eq!(response.header("x-provider-trace"), Some("abc"));
-        assert_eq!(response.header("retry-after"), Some("7"));
+        assert_eq!(response.header("retry-after"), Some("0"));
         assert_eq!(
             response.text(),
             format!("{{\"error\":{{\"code\":{status},\"message\":\"provider says so\"}}}}"),
@@ -588,22 +704,40 @@ async fn unreachable_upstream_is_502_with_every_contract_field() {
         "#
     ))
     .await;
-    let response = proxy.request("GET", "/dead/v1/x", &[("x-request-id", "trace-502")], "").await;
+    let response = proxy
+        .request("GET", "/dead/v1/x", &[("x-request-id", "trace-502")], "")
+        .await;
     let error = response.assert_error(502, "upstream_unreachable");
     assert_eq!(error["upstream"], "dead");
     assert_eq!(error["request_id"], "trace-502");
     assert_eq!(response.header("x-request-id"), Some("trace-502"));
     assert_eq!(error["retryable"], true);
-    let keys: Vec<&str> = error.as_object().unwrap().keys().map(String::as_str).collect();
-    for key in ["type", "message", "status", "retryable", "request_id", "upstream"] {
+    let keys: Vec<&str> = error
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    for key in [
+        "type",
+        "message",
+        "status",
+        "retryable",
+        "request_id",
+        "upstream",
+    ] {
         assert!(keys.contains(&key), "missing `{key}` in {error}");
     }
     let metrics = proxy.metrics();
     assert!(
-        metrics.contains(r#"outpost_upstream_attempts_total{upstream="dead",outcome="connect_error"} 1"#),
+        metrics.contains(
+            r#"outpost_upstream_attempts_total{upstream="dead",outcome="connect_error"} 1"#
+        ),
         "{metrics}"
     );
-    assert!(metrics.contains(r#"outpost_requests_total{upstream="dead",method="GET",status="502"} 1"#));
+    assert!(
+        metrics.contains(r#"outpost_requests_total{upstream="dead",method="GET",status="502"} 1"#)
+    );
 }
 
 #[tokio::test]
@@ -618,14 +752,21 @@ async fn attempt_timeout_is_504() {
     let response = proxy.get("/api/v1/slow").await;
     let error = response.assert_error(504, "upstream_timeout");
     assert_eq!(error["upstream"], "api");
-    assert!(started.elapsed() < Duration::from_secs(5), "attempt_timeout (200ms) must apply, not timeout (10s)");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "attempt_timeout (200ms) must apply, not timeout (10s)"
+    );
     assert_eq!(mock.count(), 1);
 }
 
 #[tokio::test]
 async fn total_timeout_is_504() {
     let mock = MockUpstream::start(|_| Reply::Never).await;
-    let proxy = one_upstream("    timeout: 250ms\n    retry: { max_attempts: 1 }\n", &mock).await;
+    let proxy = one_upstream(
+        "    timeout: 250ms\n    retry: { max_attempts: 1 }\n",
+        &mock,
+    )
+    .await;
     let response = proxy.get("/api/v1/slow").await;
     response.assert_error(504, "upstream_timeout");
 }
@@ -645,7 +786,12 @@ async fn connect_timeout_reaches_the_connector() {
     let mut fillers = Vec::new();
     let mut blackholed = false;
     for _ in 0..64 {
-        match tokio::time::timeout(Duration::from_millis(200), tokio::net::TcpStream::connect(addr)).await {
+        match tokio::time::timeout(
+            Duration::from_millis(200),
+            tokio::net::TcpStream::connect(addr),
+        )
+        .await
+        {
             Ok(Ok(stream)) => fillers.push(stream),
             Ok(Err(e)) => panic!("connect to the full listener failed outright: {e}"),
             Err(_) => {
@@ -680,7 +826,9 @@ async fn connect_timeout_reaches_the_connector() {
 }
 
 async fn tls_proxy(ca_file: Option<&std::path::Path>, mock: &MockUpstream) -> Proxy {
-    let tls = ca_file.map_or(String::new(), |p| format!("    tls: {{ ca_file: {} }}\n", p.display()));
+    let tls = ca_file.map_or(String::new(), |p| {
+        format!("    tls: {{ ca_file: {} }}\n", p.display())
+    });
     Proxy::start(&format!(
         "upstreams:\n  secure:\n    base_url: {}\n    retry: {{ max_attempts: 1 }}\n    auth: {{ type: bearer, token: tls-secret }}\n{tls}",
         mock.url("/api")
@@ -698,7 +846,8 @@ async fn https_upstream_with_ca_file_negotiates_h2_or_http1_by_alpn() {
     ] {
         let (ca_pem, server) = tls_server(alpn);
         let ca = dir.write(&format!("ca-{}.pem", uuid::Uuid::new_v4().simple()), ca_pem);
-        let mock = MockUpstream::start_tls(|_| Reply::json(200, &json!({"secure": true})), server).await;
+        let mock =
+            MockUpstream::start_tls(|_| Reply::json(200, &json!({"secure": true})), server).await;
         let proxy = tls_proxy(Some(&ca), &mock).await;
         let response = proxy.get("/secure/v1/charges?limit=1").await;
         assert_eq!(response.status, 200, "{alpn:?}: {}", response.text());
@@ -724,14 +873,17 @@ async fn https_upstream_without_its_ca_is_502() {
     assert_eq!(mock.count(), 0, "no request over an untrusted connection");
     let metrics = proxy.metrics();
     assert!(
-        metrics.contains(r#"outpost_upstream_attempts_total{upstream="secure",outcome="tls_error"} 1"#),
+        metrics.contains(
+            r#"outpost_upstream_attempts_total{upstream="secure",outcome="tls_error"} 1"#
+        ),
         "{metrics}"
     );
 }
 
 #[tokio::test]
 async fn requests_in_flight_are_counted_and_concurrent_requests_share_the_pool() {
-    let gate: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<http::Response<TestBody>>>>> = Arc::default();
+    let gate: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<http::Response<TestBody>>>>> =
+        Arc::default();
     let senders = gate.clone();
     let mock = MockUpstream::start(move |_| {
         let (tx, rx) = tokio::sync::oneshot::channel();
@@ -750,7 +902,10 @@ async fn requests_in_flight_are_counted_and_concurrent_requests_share_the_pool()
         mock.next_request().await;
     }
     let metrics = proxy.metrics();
-    assert!(metrics.contains(r#"outpost_in_flight_requests{upstream="api"} 3"#), "{metrics}");
+    assert!(
+        metrics.contains(r#"outpost_in_flight_requests{upstream="api"} 3"#),
+        "{metrics}"
+    );
     for tx in gate.lock().unwrap().drain(..) {
         let _ = tx.send(response(200, &[], full("done")));
     }
@@ -758,6 +913,11 @@ async fn requests_in_flight_are_counted_and_concurrent_requests_share_the_pool()
         assert_eq!(guard("in-flight request", task).await.unwrap().status, 200);
     }
     let metrics = proxy.metrics();
-    assert!(metrics.contains(r#"outpost_in_flight_requests{upstream="api"} 0"#), "{metrics}");
-    assert!(metrics.contains(r#"outpost_requests_total{upstream="api",method="GET",status="200"} 3"#));
+    assert!(
+        metrics.contains(r#"outpost_in_flight_requests{upstream="api"} 0"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"outpost_requests_total{upstream="api",method="GET",status="200"} 3"#)
+    );
 }

@@ -115,6 +115,13 @@ pub fn channel_body() -> (BodySender, TestBody) {
     (BodySender { tx }, ChannelBody { rx }.boxed_unsync())
 }
 
+/// A body of one data frame followed by trailers (gRPC-style responses).
+pub fn body_with_trailers(data: impl Into<Bytes>, trailers: HeaderMap) -> TestBody {
+    let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+        vec![Ok(Frame::data(data.into())), Ok(Frame::trailers(trailers))];
+    http_body_util::StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+}
+
 /// A deterministic body of `total` bytes generated chunk by chunk, never held in memory.
 /// Each 64 KiB chunk starts with its index (so a dropped or reordered chunk changes the hash).
 pub struct GeneratedBody {
@@ -1053,6 +1060,51 @@ impl Captured {
     }
 }
 
+/// The ports a binary's config listens on.
+#[derive(Clone, Copy, Debug)]
+pub struct Ports {
+    pub app: u16,
+    pub admin: u16,
+}
+
+/// `version: 1`, `listen` and `admin_listen` on free ports, then `yaml` (dedented).
+pub fn binary_config(yaml: &str) -> (String, Ports) {
+    let ports = Ports {
+        app: free_port(),
+        admin: free_port(),
+    };
+    let text = format!(
+        "version: 1\nlisten: 127.0.0.1:{}\nadmin_listen: 127.0.0.1:{}\n{}",
+        ports.app,
+        ports.admin,
+        dedent(yaml)
+    );
+    (text, ports)
+}
+
+/// Poll until `check` returns true (every 20 ms, under the hang guard).
+pub async fn poll_until<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    guard(what, async {
+        while !check().await {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    })
+    .await
+}
+
+/// The status of `GET url`, or `None` when the request fails (connection refused, reset).
+pub async fn try_status(url: &str) -> Option<u16> {
+    let req = Request::get(url).body(empty()).unwrap();
+    match tokio::time::timeout(Duration::from_secs(2), http1_client().request(req)).await {
+        Ok(Ok(response)) => Some(response.status().as_u16()),
+        _ => None,
+    }
+}
+
 /// The `outpost` binary serving a config from a temp dir, with its stdout and stderr captured.
 pub struct Binary {
     pub child: tokio::process::Child,
@@ -1069,24 +1121,34 @@ impl Binary {
     /// to `proxy.yaml` in a fresh temp dir, and run `outpost run -c proxy.yaml` with `env`.
     /// Returns once `/readyz` answers 200.
     pub async fn start(yaml: &str, env: &[(&str, &str)]) -> Binary {
-        let dir = TempDir::new("bin");
-        Self::start_in(dir, yaml, env).await
+        Self::start_in(TempDir::new("bin"), yaml, env).await
     }
 
     /// As [`Binary::start`], in a dir the caller prepared (e.g. with secret files).
     pub async fn start_in(dir: TempDir, yaml: &str, env: &[(&str, &str)]) -> Binary {
-        let app_port = free_port();
-        let admin_port = free_port();
-        let text = format!(
-            "version: 1\nlisten: 127.0.0.1:{app_port}\nadmin_listen: 127.0.0.1:{admin_port}\n{}",
-            dedent(yaml)
-        );
+        let (text, ports) = binary_config(yaml);
         let config_path = dir.write("proxy.yaml", text);
+        let args = [
+            "run".to_string(),
+            "-c".to_string(),
+            config_path.display().to_string(),
+        ];
+        Self::launch(dir, config_path, &args, env, ports).await
+    }
+
+    /// Spawn `outpost ARGS` (the config already written) and wait until it is ready.
+    /// `OUTPOST_CONFIG` is removed from the environment unless `env` sets it.
+    pub async fn launch(
+        dir: TempDir,
+        config_path: PathBuf,
+        args: &[String],
+        env: &[(&str, &str)],
+        ports: Ports,
+    ) -> Binary {
         let mut command = tokio::process::Command::new(BIN);
         command
-            .arg("run")
-            .arg("-c")
-            .arg(&config_path)
+            .args(args)
+            .current_dir(&dir.path)
             .env_remove("OUTPOST_CONFIG")
             .env("OUTPOST_LOG", "info")
             .stdin(Stdio::null())
@@ -1103,8 +1165,8 @@ impl Binary {
         stderr.spawn_reader(child.stderr.take().unwrap());
         let mut binary = Binary {
             child,
-            app_addr: SocketAddr::from(([127, 0, 0, 1], app_port)),
-            admin_addr: SocketAddr::from(([127, 0, 0, 1], admin_port)),
+            app_addr: SocketAddr::from(([127, 0, 0, 1], ports.app)),
+            admin_addr: SocketAddr::from(([127, 0, 0, 1], ports.admin)),
             stdout,
             stderr,
             dir,
