@@ -223,7 +223,17 @@ fn raw_bytes(response: &RawResponse) -> Vec<u8> {
 /// then SIGTERM; the canaries must appear in no log line, no response, no metric and not in
 /// `outpost check` output.
 #[tokio::test]
-async fn secrets_never_leak_into_logs_responses_metrics_or_check() {
+async fn secrets_never_leak_into_json_logs_responses_metrics_or_check() {
+    leak_scenario(None).await;
+}
+
+/// The same with the human log format (`OUTPOST_LOG_FORMAT=pretty`).
+#[tokio::test]
+async fn secrets_never_leak_into_pretty_logs() {
+    leak_scenario(Some("pretty")).await;
+}
+
+async fn leak_scenario(format: Option<&str>) {
     let ok = MockUpstream::ok().await;
     let denied = MockUpstream::start(|_| {
         Reply::with(
@@ -275,10 +285,10 @@ async fn secrets_never_leak_into_logs_responses_metrics_or_check() {
         key_file = key_file.display(),
         pass_file = pass_file.display(),
     );
-    let env = [
-        ("OUTPOST_TEST_CANARY", CANARY_ENV),
-        ("OUTPOST_LOG", "trace"),
-    ];
+    let mut env = vec![("OUTPOST_TEST_CANARY", CANARY_ENV), ("OUTPOST_LOG", "trace")];
+    if let Some(format) = format {
+        env.push(("OUTPOST_LOG_FORMAT", format));
+    }
     let mut binary = Binary::start_in(dir, &yaml, &env).await;
     let mut seen: Vec<(String, Vec<u8>)> = Vec::new();
     let client = http1_client();
@@ -367,14 +377,18 @@ async fn secrets_never_leak_into_logs_responses_metrics_or_check() {
     // The capture is real: TRACE lines from the stack and one access line per request.
     let log = String::from_utf8_lossy(&stderr);
     assert!(
-        log.contains("\"level\":\"TRACE\""),
+        log.contains("TRACE"),
         "OUTPOST_LOG=trace produced no TRACE lines"
     );
     assert!(
         log.lines().count() > 50,
         "suspiciously few log lines:\n{log}"
     );
-    assert!(log.contains("outpost::access"));
+    assert!(log.contains("outpost::access"), "no access log:\n{log}");
+    assert!(
+        log.contains("/ok/v1/customers") && log.contains("/denied/v1/charges"),
+        "request paths are logged (so the capture sees request data)"
+    );
 
     for (label, bytes) in &seen {
         assert_no_canary(&format!("the response to {label}"), bytes);

@@ -6,6 +6,7 @@
 mod support;
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -363,11 +364,16 @@ async fn server_sent_events_arrive_chunk_by_chunk() {
 #[tokio::test]
 async fn a_100_mib_download_streams_through() {
     const TOTAL: u64 = 100 * 1024 * 1024;
-    let mock = MockUpstream::start(|_| {
+    const MIB: u64 = 1024 * 1024;
+    let produced = Arc::new(AtomicU64::new(0));
+    let counter = produced.clone();
+    let mock = MockUpstream::start(move |_| {
         Reply::Respond(response(
             200,
             &[("content-type", "application/octet-stream")],
-            GeneratedBody::new(TOTAL, true).boxed_unsync(),
+            GeneratedBody::new(TOTAL, true)
+                .counting(counter.clone())
+                .boxed_unsync(),
         ))
     })
     .await;
@@ -381,22 +387,26 @@ async fn a_100_mib_download_streams_through() {
         response.headers()["content-length"],
         TOTAL.to_string().as_str()
     );
-    // The mock generates the body chunk by chunk and the client counts it as it arrives, so
-    // neither end holds it; the proxy cannot either, since the client sees the first bytes
-    // long before the mock has produced the last (the stream is paced by the client's reads).
+    // The mock generates the body only as fast as it is read, and the client counts it as it
+    // arrives, so neither end holds it. The proxy does not either: at every point the mock has
+    // produced at most a few socket buffers more than the client has received (a buffering
+    // proxy would have pulled all 100 MiB before the client saw its first byte).
     let mut body = response.into_body();
-    let mut count = 0u64;
-    let mut frames = 0u64;
+    let mut received = 0u64;
+    let mut max_ahead = 0u64;
     while let Some(frame) = guard("download frame", body.frame()).await {
         if let Ok(data) = frame.expect("body error").into_data() {
-            count += data.len() as u64;
-            frames += 1;
+            received += data.len() as u64;
+            let ahead = produced.load(Ordering::SeqCst).saturating_sub(received);
+            max_ahead = max_ahead.max(ahead);
         }
     }
-    assert_eq!(count, TOTAL);
+    assert_eq!(received, TOTAL);
+    assert_eq!(produced.load(Ordering::SeqCst), TOTAL);
     assert!(
-        frames > 100,
-        "the body arrived in {frames} frames: it was not streamed"
+        max_ahead < 40 * MIB,
+        "the upstream ran {} MiB ahead of the client: the body is being buffered",
+        max_ahead / MIB
     );
 }
 
@@ -920,4 +930,99 @@ async fn requests_in_flight_are_counted_and_concurrent_requests_share_the_pool()
     assert!(
         metrics.contains(r#"outpost_requests_total{upstream="api",method="GET",status="200"} 3"#)
     );
+}
+
+#[tokio::test]
+async fn expect_100_continue_uploads_work() {
+    let mock = MockUpstream::ok().await;
+    let proxy = one_upstream("", &mock).await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.write(
+        b"POST /api/v1/files HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 11\r\n\
+          Content-Type: text/plain\r\nExpect: 100-continue\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let interim = conn.read_response().await;
+    assert_eq!(
+        interim.status, 100,
+        "curl waits for 100 Continue: {interim:#?}"
+    );
+    conn.write(b"hello world").await;
+    let done = conn.read_response().await;
+    assert_eq!(done.status, 200, "{}", done.text());
+    assert_eq!(&mock.only_request().body[..], b"hello world");
+}
+
+/// `hosts:` routes by Host / :authority with the path unchanged: gRPC clients that cannot add
+/// a path prefix. The h2 client here sets :authority to the route host while connecting to the
+/// proxy's address.
+#[tokio::test]
+async fn hosts_route_by_authority_for_grpc_clients() {
+    let mock = MockUpstream::start(|_| {
+        Reply::Respond(response(
+            200,
+            &[("content-type", "application/grpc")],
+            body_with_trailers(grpc_frame(b"pong"), header_map(&[("grpc-status", "0")])),
+        ))
+    })
+    .await;
+    let other = MockUpstream::ok().await;
+    let proxy = Proxy::start(&format!(
+        r#"
+        upstreams:
+          grpc:
+            base_url: {}
+            http: http2
+            hosts: [grpc.outpost.local]
+            auth: {{ type: bearer, token: grpc-host-token }}
+          other:
+            base_url: {}
+        "#,
+        mock.url(""),
+        other.url(""),
+    ))
+    .await;
+
+    let tcp = tokio::net::TcpStream::connect(proxy.addr).await.unwrap();
+    let (mut h2, connection) = guard("h2 handshake", h2::client::handshake(tcp))
+        .await
+        .unwrap();
+    tokio::spawn(connection);
+    let req = Request::post("http://grpc.outpost.local:8080/ping.Pinger/Ping")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = h2.send_request(req, false).unwrap();
+    stream.send_data(grpc_frame(b"ping"), true).unwrap();
+    let response = guard("h2 response", response).await.unwrap();
+    assert_eq!(response.status(), 200);
+    let mut body = response.into_body();
+    let mut data = Vec::new();
+    while let Some(chunk) = guard("h2 data", body.data()).await {
+        let chunk = chunk.unwrap();
+        let _ = body.flow_control().release_capacity(chunk.len());
+        data.extend_from_slice(&chunk);
+    }
+    assert_eq!(data, grpc_frame(b"pong"));
+    let trailers = guard("h2 trailers", body.trailers())
+        .await
+        .unwrap()
+        .expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+    let seen = mock.only_request();
+    assert_eq!(seen.uri, "/ping.Pinger/Ping", "path unchanged");
+    assert_eq!(seen.header("authorization"), Some("Bearer grpc-host-token"));
+
+    // HTTP/1.1 with a Host header works the same way; other hosts route by path.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.write(
+        b"GET /v1/by-host HTTP/1.1\r\nHost: GRPC.outpost.local:8080\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(conn.read_response().await.status, 200);
+    assert_eq!(mock.requests().last().unwrap().uri, "/v1/by-host");
+    let answer = proxy.get("/other/v1").await;
+    assert_eq!(answer.status, 200);
+    assert_eq!(other.only_request().uri, "/v1");
 }

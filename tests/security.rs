@@ -625,3 +625,101 @@ async fn http2_requests_cannot_pick_the_upstream_by_authority_or_scheme() {
     send(&client, req).await.assert_error(400, "bad_request");
     assert_eq!(stripe.count(), 1);
 }
+
+#[tokio::test]
+async fn hop_by_hop_headers_of_the_upstream_response_are_stripped() {
+    let stripe = MockUpstream::start(|_| {
+        Reply::with(
+            200,
+            &[
+                ("connection", "x-upstream-hop"),
+                ("x-upstream-hop", "internal"),
+                ("keep-alive", "timeout=99"),
+                ("proxy-authenticate", "Basic realm=\"upstream-proxy\""),
+                ("x-end-to-end", "kept"),
+            ],
+            "ok",
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  stripe:\n    base_url: {}\n",
+        stripe.url("")
+    ))
+    .await;
+    for client in [http1_client(), h2c_client()] {
+        let answer = send(
+            &client,
+            Request::get(proxy.url("/stripe/x")).body(empty()).unwrap(),
+        )
+        .await;
+        assert_eq!(answer.status, 200);
+        for name in ["x-upstream-hop", "keep-alive", "proxy-authenticate"] {
+            assert!(
+                answer.header(name).is_none(),
+                "`{name}` reached the app: {:#?}",
+                answer.headers
+            );
+        }
+        assert_eq!(answer.header("x-end-to-end"), Some("kept"));
+    }
+}
+
+#[tokio::test]
+async fn pipelined_requests_are_answered_in_order() {
+    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.write(
+        b"GET /stripe/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+          POST /stripe/second HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello\
+          GET /stripe/third HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    for _ in 0..3 {
+        assert_eq!(conn.read_response().await.status, 200);
+    }
+    assert!(conn.is_closed().await);
+    let uris: Vec<String> = stripe.requests().into_iter().map(|r| r.uri).collect();
+    assert_eq!(uris, ["/base/first", "/base/second", "/base/third"]);
+    assert_eq!(&stripe.requests()[1].body[..], b"hello");
+}
+
+/// The framing rules hold for every request on a kept-alive connection, not only the first:
+/// a smuggling attempt is most dangerous as the second request of a reused connection.
+async fn second_request_is_refused(name: &str, bad: &str) {
+    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.write(b"GET /stripe/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    assert_eq!(conn.read_response().await.status, 200, "{name}");
+    conn.write(bad.as_bytes()).await;
+    let response = conn.read_response().await;
+    let uris: Vec<String> = stripe.requests().into_iter().map(|r| r.uri).collect();
+    assert_eq!(
+        uris,
+        ["/base/first"],
+        "{name}: the second request on a kept-alive connection reached the upstream"
+    );
+    response.assert_error(400, "bad_request");
+    assert!(conn.is_closed().await, "{name}: connection must be closed");
+}
+
+#[tokio::test]
+async fn transfer_encoding_with_content_length_on_a_kept_alive_connection_is_400() {
+    second_request_is_refused(
+        "TE + CL",
+        "POST /stripe/smuggle HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\
+         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn differing_content_lengths_on_a_kept_alive_connection_are_400() {
+    second_request_is_refused(
+        "CL, CL",
+        "POST /stripe/smuggle HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\
+         Content-Length: 4\r\n\r\nabcd",
+    )
+    .await;
+}

@@ -128,6 +128,7 @@ pub struct GeneratedBody {
     remaining: u64,
     index: u64,
     exact: bool,
+    produced: Option<Arc<std::sync::atomic::AtomicU64>>,
 }
 
 pub const GENERATED_CHUNK: usize = 64 * 1024;
@@ -139,7 +140,15 @@ impl GeneratedBody {
             remaining: total,
             index: 0,
             exact,
+            produced: None,
         }
+    }
+
+    /// Count the bytes produced so far in `produced` (to show the receiver is not waiting for
+    /// the whole body).
+    pub fn counting(mut self, produced: Arc<std::sync::atomic::AtomicU64>) -> Self {
+        self.produced = Some(produced);
+        self
     }
 
     fn chunk(index: u64, len: usize) -> Bytes {
@@ -174,6 +183,9 @@ impl GeneratedBody {
         let chunk = Self::chunk(self.index, len);
         self.index += 1;
         self.remaining -= len as u64;
+        if let Some(produced) = &self.produced {
+            produced.fetch_add(len as u64, Ordering::SeqCst);
+        }
         Some(chunk)
     }
 }
@@ -680,6 +692,7 @@ impl Answer {
             kind,
             self.header("content-type"),
             self.header("x-outpost-error"),
+            self.header("x-request-id"),
             &self.body,
         )
     }
@@ -691,6 +704,7 @@ pub fn assert_error_shape(
     kind: &str,
     content_type: Option<&str>,
     x_outpost_error: Option<&str>,
+    x_request_id: Option<&str>,
     body: &[u8],
 ) -> serde_json::Value {
     let text = String::from_utf8_lossy(body);
@@ -716,6 +730,12 @@ pub fn assert_error_shape(
             .is_some_and(|id| !id.is_empty()),
         "request_id: {text}"
     );
+    if let Some(id) = x_request_id {
+        assert_eq!(
+            error["request_id"], id,
+            "x-request-id header and body disagree: {text}"
+        );
+    }
     error
 }
 
@@ -873,6 +893,7 @@ impl RawResponse {
             kind,
             self.header("content-type"),
             self.header("x-outpost-error"),
+            self.header("x-request-id"),
             &self.body,
         )
     }
