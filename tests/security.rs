@@ -589,6 +589,16 @@ async fn body_over_max_body_bytes_is_413_and_never_sent() {
         );
     }
 
+    // `Expect: 100-continue` with a declared length over the limit: 413 at once, no
+    // `100 Continue` invitation to send the body.
+    let response = raw_request(
+        proxy.addr,
+        b"POST /stripe/v1/upload HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 2048\r\n\
+          Expect: 100-continue\r\n\r\n",
+    )
+    .await;
+    response.assert_error(413, "payload_too_large");
+
     // Under the limit passes.
     let ok = proxy
         .request(
@@ -722,4 +732,65 @@ async fn differing_content_lengths_on_a_kept_alive_connection_are_400() {
          Content-Length: 4\r\n\r\nabcd",
     )
     .await;
+}
+
+/// Requests hyper cannot parse or must refuse (RFC 9112: obs-fold, `chunked` not last,
+/// invalid header names, HTTP/0.9).
+const MALFORMED: &[(&str, &str)] = &[
+    (
+        "obs-fold",
+        "GET /stripe/a HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n",
+    ),
+    (
+        "chunked not last",
+        "POST /stripe/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n0\r\n\r\n",
+    ),
+    (
+        "transfer coding without chunked",
+        "POST /stripe/a HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip\r\n\r\n",
+    ),
+    (
+        "space in a header name",
+        "GET /stripe/a HTTP/1.1\r\nHost: x\r\nBad Header: x\r\n\r\n",
+    ),
+    ("HTTP/0.9 request line", "GET /stripe/a\r\n\r\n"),
+];
+
+#[tokio::test]
+async fn malformed_requests_are_400_and_never_forwarded() {
+    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    for (name, raw) in MALFORMED {
+        let mut conn = RawConn::connect(proxy.addr).await;
+        conn.write(raw.as_bytes()).await;
+        let response = conn.read_response().await;
+        assert_eq!(response.status, 400, "{name}: {response:#?}");
+        assert!(conn.is_closed().await, "{name}: connection must be closed");
+        stripe.assert_untouched(name);
+    }
+}
+
+/// DESIGN.md: every response Outpost itself produces is the JSON error with
+/// `x-outpost-error`, including hyper's own refusals of unparseable requests.
+#[tokio::test]
+async fn malformed_requests_get_the_json_error() {
+    let (_stripe, _sendgrid, proxy) = two_upstreams().await;
+    let mut failures = Vec::new();
+    for (name, raw) in MALFORMED {
+        let response = raw_request(proxy.addr, raw.as_bytes()).await;
+        if response.header("x-outpost-error") != Some("bad_request")
+            || response.header("content-type") != Some("application/json")
+        {
+            failures.push(format!(
+                "{name}: {} {:?} {:?}",
+                response.status,
+                response.headers,
+                response.text()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "plain (non-JSON) 400s:\n{}",
+        failures.join("\n")
+    );
 }
