@@ -891,7 +891,7 @@ async fn https_upstream_without_its_ca_is_502() {
 }
 
 #[tokio::test]
-async fn requests_in_flight_are_counted_and_concurrent_requests_share_the_pool() {
+async fn in_flight_gauge_counts_requests_being_served() {
     let gate: Arc<Mutex<Vec<tokio::sync::oneshot::Sender<http::Response<TestBody>>>>> =
         Arc::default();
     let senders = gate.clone();
