@@ -285,7 +285,10 @@ async fn leak_scenario(format: Option<&str>) {
         key_file = key_file.display(),
         pass_file = pass_file.display(),
     );
-    let mut env = vec![("OUTPOST_TEST_CANARY", CANARY_ENV), ("OUTPOST_LOG", "trace")];
+    let mut env = vec![
+        ("OUTPOST_TEST_CANARY", CANARY_ENV),
+        ("OUTPOST_LOG", "trace"),
+    ];
     if let Some(format) = format {
         env.push(("OUTPOST_LOG_FORMAT", format));
     }
