@@ -672,8 +672,8 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validate config text as if read from `path` (used for messages and relative secret files).
 pub fn load_str(source: &str, path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
-    let raw: RawConfig =
-        parse_yaml(source).map_err(|e| ConfigError(vec![serde_issue(&file, &e)]))?;
+    let raw: RawConfig = parse_yaml(source)
+        .map_err(|e| ConfigError(vec![locate_duplicate(serde_issue(&file, &e), source)]))?;
     let mut v = Validator {
         base_dir: path.parent().map(Path::to_path_buf).unwrap_or_default(),
         issues: Vec::new(),
@@ -706,6 +706,26 @@ pub fn load_str(source: &str, path: &Path) -> Result<Config, ConfigError> {
         })
         .collect();
     Err(ConfigError(issues))
+}
+
+/// serde_yaml places a duplicate-key error at the mapping's start: point at the repeated key.
+fn locate_duplicate(mut issue: ConfigIssue, source: &str) -> ConfigIssue {
+    let key = issue
+        .message
+        .strip_prefix("duplicate key `")
+        .and_then(|k| k.strip_suffix('`'));
+    if let Some(key) = key {
+        let full = if issue.path.is_empty() {
+            key.to_string()
+        } else {
+            format!("{}.{key}", issue.path)
+        };
+        if let Some((line, column)) = Locator::new(source).duplicate(&full) {
+            issue.line = line;
+            issue.column = column;
+        }
+    }
+    issue
 }
 
 fn serde_issue(file: &str, e: &serde_yaml::Error) -> ConfigIssue {

@@ -211,14 +211,21 @@ fn check_framing(head: &[u8]) -> Head {
     let mut req = httparse::Request::new(&mut headers);
     match req.parse(head) {
         Ok(httparse::Status::Complete(_)) => {}
-        // Let hyper give its own answer to what it cannot parse.
-        _ => return Head::Ready,
+        // More headers than we look at: hyper applies its own (larger) limit.
+        Err(httparse::Error::TooManyHeaders) => return Head::Ready,
+        // Malformed heads (obs-fold, bad names, HTTP/0.9 …) get Outpost's JSON 400.
+        _ => return Head::Bad("malformed request head"),
     }
+    let http10 = req.version == Some(0);
     let mut content_length: Option<&[u8]> = None;
-    let mut transfer_encoding = false;
+    let mut last_coding: Option<&[u8]> = None;
     for h in req.headers.iter() {
         if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            transfer_encoding = true;
+            last_coding = h
+                .value
+                .split(|b| *b == b',')
+                .map(|v| v.trim_ascii())
+                .next_back();
         } else if h.name.eq_ignore_ascii_case("content-length") {
             for value in h.value.split(|b| *b == b',').map(|v| v.trim_ascii()) {
                 match content_length {
@@ -230,8 +237,17 @@ fn check_framing(head: &[u8]) -> Head {
             }
         }
     }
-    if transfer_encoding && content_length.is_some() {
+    let Some(last) = last_coding else {
+        return Head::Ready;
+    };
+    if content_length.is_some() {
         return Head::Bad("request has both Transfer-Encoding and Content-Length");
+    }
+    if http10 {
+        return Head::Bad("HTTP/1.0 requests cannot use Transfer-Encoding");
+    }
+    if !last.eq_ignore_ascii_case(b"chunked") {
+        return Head::Bad("Transfer-Encoding must end with chunked");
     }
     Head::Ready
 }
@@ -346,7 +362,19 @@ mod tests {
             ),
             Head::Bad(_)
         ));
-        assert!(matches!(check_framing(b"garbage\r\n\r\n"), Head::Ready));
+        assert!(matches!(check_framing(b"garbage\r\n\r\n"), Head::Bad(_)));
+        assert!(matches!(
+            check_framing(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n"),
+            Head::Bad(_)
+        ));
+        assert!(matches!(
+            check_framing(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n"),
+            Head::Ready
+        ));
+        assert!(matches!(
+            check_framing(b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Head::Bad(_)
+        ));
     }
 
     #[test]

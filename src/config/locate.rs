@@ -12,6 +12,8 @@ pub type Position = (usize, usize);
 #[derive(Default)]
 pub struct Locator {
     keys: HashMap<String, Position>,
+    /// Second occurrences of a key in the same mapping.
+    duplicates: HashMap<String, Position>,
     values: HashMap<String, Position>,
 }
 
@@ -44,7 +46,12 @@ impl Recorder {
             Some(Frame::Mapping { path, key }) => match key.take() {
                 None => {
                     let name = scalar_key.unwrap_or("?").to_string();
-                    self.locator.keys.entry(child(path, &name)).or_insert(pos);
+                    let full = child(path, &name);
+                    if self.locator.keys.contains_key(&full) {
+                        self.locator.duplicates.entry(full).or_insert(pos);
+                    } else {
+                        self.locator.keys.insert(full, pos);
+                    }
                     *key = Some(name);
                     None
                 }
@@ -103,6 +110,11 @@ impl Locator {
     /// Where the key of `path` is written; falls back to the nearest enclosing key.
     pub fn key(&self, path: &str) -> Position {
         self.find(path, &self.keys)
+    }
+
+    /// Where a key written twice in one mapping appears the second time.
+    pub fn duplicate(&self, path: &str) -> Option<Position> {
+        self.duplicates.get(path).copied()
     }
 
     /// Where the value of `path` is written; falls back to its key, then the nearest parent.
