@@ -100,7 +100,10 @@ pub fn check_path(path: &str) -> Result<(), ProxyError> {
                 ) {
                     (b'2', b'e') => (false, true, 3),
                     (b'2', b'f') | (b'5', b'c') => (true, false, 3),
-                    _ => (false, false, 3),
+                    // Another escape (`%41`): one ordinary character. A lone `%` is just a character,
+                    // so what follows it is still examined (`/%/..` is a dot segment).
+                    (a, b) if a.is_ascii_hexdigit() && b.is_ascii_hexdigit() => (false, false, 3),
+                    _ => (false, false, 1),
                 }
             }
             Some(_) => (false, false, 1),
@@ -215,6 +218,8 @@ mod tests {
             "/stripe/..\\x",
             "/stripe/v1%5c..",
             "//evil.example/x",
+            "/stripe/%/..",
+            "/stripe/%%2e%2e",
         ] {
             assert!(
                 matches!(check_path(path), Err(ProxyError::BadRequest(_))),
@@ -238,6 +243,59 @@ mod tests {
             "/stripe//v1",
         ] {
             assert!(check_path(path).is_ok(), "{path}");
+        }
+    }
+
+    /// Decode only what can form a dot segment or a separator, as an upstream might.
+    fn decode_dots(path: &str) -> String {
+        let mut out = String::new();
+        let bytes = path.as_bytes();
+        let mut i = 0;
+        while i < bytes.len() {
+            if bytes[i] == b'%' && i + 2 < bytes.len() {
+                match (
+                    bytes[i + 1].to_ascii_lowercase(),
+                    bytes[i + 2].to_ascii_lowercase(),
+                ) {
+                    (b'2', b'e') => {
+                        out.push('.');
+                        i += 3;
+                        continue;
+                    }
+                    (b'2', b'f') | (b'5', b'c') => {
+                        out.push('/');
+                        i += 3;
+                        continue;
+                    }
+                    _ => {}
+                }
+            }
+            out.push(if bytes[i] == b'\\' {
+                '/'
+            } else {
+                bytes[i] as char
+            });
+            i += 1;
+        }
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn accepted_paths_never_hold_a_dot_segment(path in "/[a-z./%25EeFfCc\\\\]{0,24}") {
+            if check_path(&path).is_ok() {
+                let decoded = decode_dots(&path);
+                proptest::prop_assert!(
+                    !decoded.split('/').any(|s| s == "." || s == ".."),
+                    "{} decodes to {}", path, decoded
+                );
+            }
+        }
+
+        #[test]
+        fn routing_never_panics(host in proptest::option::of(".{0,40}"), path in ".{0,80}") {
+            let r = router();
+            let _ = r.route(host.as_deref(), &path);
         }
     }
 }

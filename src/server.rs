@@ -383,4 +383,17 @@ mod tests {
         assert_eq!(find_head_end(b"GET / HTTP/1.1\n\n", 0), Some(16));
         assert_eq!(find_head_end(b"GET / HTTP/1.1\r\nHost: x\r\n", 0), None);
     }
+
+    proptest::proptest! {
+        #[test]
+        fn head_checks_never_panic(bytes in proptest::collection::vec(proptest::num::u8::ANY, 0..512), from in 0usize..600) {
+            let _ = find_head_end(&bytes, from);
+            let _ = check_framing(&bytes);
+        }
+
+        #[test]
+        fn header_like_input_never_panics(head in "[A-Za-z]{1,6} /[a-z]{0,8} HTTP/1\\.[01]\r\n([A-Za-z-]{1,12}: [ -~]{0,16}\r\n){0,8}\r\n") {
+            let _ = check_framing(head.as_bytes());
+        }
+    }
 }

@@ -303,4 +303,21 @@ mod tests {
         assert!(e.to_string().contains("cannot read secret file"), "{e}");
         std::fs::remove_dir_all(&dir).ok();
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsing_never_panics_and_never_echoes_literals(input in ".{0,64}") {
+            if let Ok(t) = SecretTemplate::parse(&input) {
+                let shown = format!("{t:?} {}", t.describe());
+                // Literal text is never displayed: only `…` and reference names.
+                for part in &t.parts {
+                    if let Part::Literal(lit) = part {
+                        if lit.len() >= 4 && !lit.contains("env:") && !lit.contains("file:") {
+                            proptest::prop_assert!(!shown.contains(lit.as_str()), "{} shown in {}", lit, shown);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -466,3 +466,29 @@ fn the_repository_proxy_yaml_passes_with_its_env() {
     assert!(c.upstreams.iter().any(|u| u.name == "sendgrid"));
     std::fs::remove_dir_all(&dir).ok();
 }
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(256))]
+
+    #[test]
+    fn arbitrary_text_never_panics(text in ".{0,200}") {
+        let _ = load(&text);
+    }
+
+    /// Mutations of a valid config: delete, duplicate or replace a span. Errors are fine;
+    /// panics are not, and every error carries a 1-based position.
+    #[test]
+    fn mutated_configs_never_panic(at in 0usize..400, len in 0usize..12, insert in "[ -~\n]{0,12}") {
+        let base = "version: 1\nlisten: 127.0.0.1:0\nupstreams:\n  api:\n    base_url: https://api.example.com/v1\n    auth: { type: bearer, token: abc }\n    headers: { X-A: b }\n    timeout: 5s\n    rate_limit: { requests_per_second: 5, burst: 2, max_wait: 1s }\n    retry: { max_attempts: 2, on_status: [503] }\n    hosts: [a.local]\nwebhooks:\n  gh: { path: /gh, scheme: github, secrets: [s], forward_to: \"http://127.0.0.1:3000/\" }\n";
+        let mut chars: Vec<char> = base.chars().collect();
+        let at = at.min(chars.len());
+        let end = (at + len).min(chars.len());
+        chars.splice(at..end, insert.chars());
+        let text: String = chars.into_iter().collect();
+        if let Err(e) = load(&text) {
+            for issue in &e.0 {
+                proptest::prop_assert!(issue.line >= 1 && issue.column >= 1, "{}", issue);
+            }
+        }
+    }
+}

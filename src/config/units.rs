@@ -208,4 +208,18 @@ mod tests {
         assert_eq!(format_size(1024 * 1024), "1MiB");
         assert_eq!(format_size(100), "100B");
     }
+
+    proptest::proptest! {
+        #[test]
+        fn parsers_never_panic(s in ".{0,32}") {
+            let _ = parse_duration(&s);
+            let _ = parse_size(&s);
+        }
+
+        #[test]
+        fn durations_round_trip(ms in 0u64..10_000_000) {
+            let d = Duration::from_millis(ms);
+            proptest::prop_assert_eq!(parse_duration(&format_duration(d)), Ok(d));
+        }
+    }
 }
