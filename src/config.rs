@@ -1006,6 +1006,11 @@ impl Validator {
             ),
             None => None,
         };
+        if let Some(auth) = &auth {
+            if let Err(e) = crate::webhook::sign::check_auth(auth) {
+                self.error(join(&join(path, "auth"), "secret"), e);
+            }
+        }
 
         let mut headers: Vec<(HeaderName, HeaderValue)> = Vec::new();
         for (name, value) in provider.headers {
@@ -1543,7 +1548,13 @@ impl Validator {
         }
         let mut secrets = Vec::new();
         for (i, text) in raw.secrets.iter().enumerate() {
-            if let Some(s) = self.secret(&format!("{path}.secrets[{i}]"), text) {
+            let spath = format!("{path}.secrets[{i}]");
+            if let Some(s) = self.secret(&spath, text) {
+                // Scheme-specific shape (SendGrid public key, `whsec_` base64): caught by
+                // `check`, not first at start-up.
+                if let Err(e) = crate::webhook::check_secret(scheme, &s) {
+                    self.error(&spath, e);
+                }
                 secrets.push(s);
             }
         }

@@ -1,6 +1,7 @@
 //! Maps a field path such as `upstreams.stripe.auth.token` to its line and column in the YAML
 //! source, so errors found after deserialization (stage two) still point at the file.
 
+use std::collections::hash_map::Entry;
 use std::collections::HashMap;
 
 use yaml_rust2::parser::{Event, MarkedEventReceiver, Parser};
@@ -47,10 +48,16 @@ impl Recorder {
                 None => {
                     let name = scalar_key.unwrap_or("?").to_string();
                     let full = child(path, &name);
-                    if self.locator.keys.contains_key(&full) {
-                        self.locator.duplicates.entry(full).or_insert(pos);
-                    } else {
-                        self.locator.keys.insert(full, pos);
+                    match self.locator.keys.entry(full) {
+                        Entry::Occupied(seen) => {
+                            self.locator
+                                .duplicates
+                                .entry(seen.key().clone())
+                                .or_insert(pos);
+                        }
+                        Entry::Vacant(slot) => {
+                            slot.insert(pos);
+                        }
                     }
                     *key = Some(name);
                     None

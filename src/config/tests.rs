@@ -492,3 +492,14 @@ proptest::proptest! {
         }
     }
 }
+
+#[test]
+fn webhook_secret_shapes_are_checked() {
+    let e = one_error("version: 1\nwebhooks:\n  sg: { path: /sg, scheme: sendgrid, secrets: [not-a-key], forward_to: \"http://127.0.0.1:3000/\" }\n");
+    assert!(e.contains("webhooks.sg.secrets[0]"), "{e}");
+    let e = one_error("version: 1\nupstreams:\n  hooks:\n    base_url: https://hooks.example.com\n    auth: { type: standard_webhooks, secret: \"whsec_!!!\" }\n");
+    assert!(
+        e.contains("upstreams.hooks.auth.secret") && !e.contains("!!!"),
+        "{e}"
+    );
+}
