@@ -13,11 +13,6 @@ fn inactive_features(up: &Upstream) -> Vec<&'static str> {
     if up.rate_limit.as_ref().is_some_and(|rl| rl.shared.is_some()) {
         out.push("rate_limit.shared (limits are per replica)");
     }
-    match &up.auth {
-        Some(Auth::OAuth2ClientCredentials(_)) => out.push("auth: oauth2_client_credentials"),
-        Some(Auth::AwsSigv4(_)) => out.push("auth: aws_sigv4"),
-        _ => {}
-    }
     out
 }
 

@@ -15,9 +15,11 @@ pub mod auth;
 pub mod breaker;
 pub mod headers;
 pub mod normalize;
+pub mod oauth;
 pub mod ratelimit;
 pub mod retry;
 pub mod retry_after;
+pub mod sigv4;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -38,7 +40,7 @@ use self::ratelimit::{Admission, Limiter, Rejected};
 use self::retry::{Reason, ReplayBody, RetryPolicy};
 use crate::body::{boxed, BoxBody, BoxError, Guarded};
 use crate::client::{Clients, HttpClient};
-use crate::config::{ErrorMode, Upstream};
+use crate::config::{Auth, ErrorMode, Upstream};
 use crate::error::{classify_status, FailureKind, ProxyError, X_OUTPOST_ERROR};
 use crate::metrics::{
     Metrics, UpstreamMetrics, AUTH_KEY_HEALTHY, CIRCUIT_OPEN, RATE_LIMITED_TOTAL,
@@ -132,6 +134,10 @@ pub struct UpstreamStack {
     pub config: Arc<Upstream>,
     client: HttpClient,
     credentials: Option<Credentials>,
+    /// `oauth2_client_credentials`: the upstream's access token.
+    oauth: Option<Arc<oauth::TokenSource>>,
+    /// `aws_sigv4`: signs each attempt.
+    sigv4: Option<sigv4::Signer>,
     keys: Vec<KeySlot>,
     next_key: AtomicUsize,
     retry: RetryPolicy,
@@ -166,12 +172,30 @@ impl UpstreamStack {
             })
             .collect();
         let counters = Counters::new(&upstream_metrics);
+        let oauth = match &config.auth {
+            Some(Auth::OAuth2ClientCredentials(oauth2)) => Some(oauth::TokenSource::new(
+                &config.name,
+                oauth2,
+                client.clone(),
+                config.attempt_timeout,
+                &upstream_metrics,
+            )),
+            _ => None,
+        };
+        let sigv4 = match &config.auth {
+            Some(Auth::AwsSigv4(aws)) => {
+                Some(sigv4::Signer::new(&config.name, aws, &config.base_url))
+            }
+            _ => None,
+        };
         Ok(UpstreamStack {
             retry: RetryPolicy::new(config.retry.clone(), config.provider),
             breaker: config.circuit_breaker.clone().map(Breaker::new),
             config,
             client,
             credentials,
+            oauth,
+            sigv4,
             keys,
             next_key: AtomicUsize::new(0),
             metrics: upstream_metrics,
@@ -332,32 +356,60 @@ impl UpstreamStack {
             crate::webhook::sign::sign_request(&self.config, &mut parts.headers, body).await?;
         let safe = self.retry.is_safe(&parts.method, &parts.headers);
 
-        let mut body = if self.retry.enabled() && upgrade.is_none() {
+        // OAuth2 may replay the body once after a 401; SigV4 hashes it. Both buffer it (up to
+        // `retry.max_body_bytes`) even when retries are off.
+        let buffer = self.retry.enabled() || self.oauth.is_some() || self.sigv4.is_some();
+        let mut body = if buffer && upgrade.is_none() {
             ReplayBody::new(body, self.retry.config.max_body_bytes)
                 .await
                 .map_err(|e| body_error(&*e, body_limit))?
         } else {
             ReplayBody::once(body)
         };
+        let payload = match &self.sigv4 {
+            Some(signer) => {
+                Some(signer.payload(&body, &parts.headers, self.retry.config.max_body_bytes)?)
+            }
+            None => None,
+        };
         self.retry.deposit();
 
         let mut retries = 0u32;
+        let mut auth_refreshed = false;
         loop {
             let key = self.pick_key()?;
             let admission = self.admit(key, deadline).await?;
+            let token = match &self.oauth {
+                Some(source) => Some(source.token().await?),
+                None => None,
+            };
             let Some(attempt_body) = body.take() else {
                 return Err(ProxyError::BadRequest("request body cannot be sent again"));
             };
             *attempts += 1;
-            let request = self.build_request(&parts, &path_and_query, key, attempt_body)?;
+            let mut request = self.build_request(&parts, &path_and_query, key, attempt_body)?;
+            self.authorize(&mut request, token.as_deref(), payload.as_ref())?;
             sending.store(true, Ordering::Relaxed);
             let outcome = self.send(request, upgrade.take(), body_limit).await;
             sending.store(false, Ordering::Relaxed);
 
             let last = retries + 1 >= self.retry.config.max_attempts || !body.replayable();
-            let decision = match &outcome {
-                Ok(response) => self.decide_response(key, response, safe, retries, last),
-                Err(err) => {
+            let decision = match (&outcome, &token) {
+                // The token was rejected: the request was not processed, so whatever the method
+                // it goes again once, with a fresh token.
+                (Ok(response), Some(token))
+                    if response.status() == StatusCode::UNAUTHORIZED
+                        && !auth_refreshed
+                        && body.replayable() =>
+                {
+                    auth_refreshed = true;
+                    if let Some(source) = &self.oauth {
+                        source.invalidate(token);
+                    }
+                    Some((Reason::AuthRefresh, Duration::ZERO))
+                }
+                (Ok(response), _) => self.decide_response(key, response, safe, retries, last),
+                (Err(err), _) => {
                     let (retry_it, reason) = match err {
                         // Nothing was sent: always safe.
                         ProxyError::Unreachable {
@@ -459,6 +511,8 @@ impl UpstreamStack {
         if let Some(credentials) = &self.credentials {
             credentials.strip(&mut parts.headers);
             if !credentials.is_static()
+                && self.oauth.is_none()
+                && self.sigv4.is_none()
                 && !self
                     .config
                     .auth
@@ -522,6 +576,23 @@ impl UpstreamStack {
         *request.version_mut() = http::Version::HTTP_11;
         *request.headers_mut() = headers;
         Ok(request)
+    }
+
+    /// Per-attempt credentials: the OAuth2 token, then the SigV4 signature, last, over the
+    /// final method, URI and headers (with a fresh `x-amz-date` on every attempt).
+    fn authorize(
+        &self,
+        request: &mut Request<BoxBody>,
+        token: Option<&oauth::Token>,
+        payload: Option<&sigv4::Payload>,
+    ) -> Result<(), ProxyError> {
+        if let Some(token) = token {
+            token.apply(request.headers_mut());
+        }
+        if let (Some(signer), Some(payload)) = (&self.sigv4, payload) {
+            signer.sign(request, payload, SystemTime::now())?;
+        }
+        Ok(())
     }
 
     /// One attempt through the client, bounded by `attempt_timeout`.
