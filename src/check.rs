@@ -8,12 +8,9 @@ use crate::config::{Auth, Config, HttpMode, Upstream};
 
 /// Config features parsed and validated, whose behaviour is not active in this build.
 /// Each is named in `check` output when a config uses it, instead of being silently ignored.
-fn inactive_features(up: &Upstream) -> Vec<&'static str> {
-    let mut out = Vec::new();
-    if up.rate_limit.as_ref().is_some_and(|rl| rl.shared.is_some()) {
-        out.push("rate_limit.shared (limits are per replica)");
-    }
-    out
+/// (None at the moment: every config feature is active.)
+fn inactive_features(_up: &Upstream) -> Vec<&'static str> {
+    Vec::new()
 }
 
 fn auth_summary(up: &Upstream) -> String {

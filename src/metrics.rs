@@ -19,6 +19,9 @@ pub const BUILD_INFO: &str = "outpost_build_info";
 pub const RATE_LIMIT_QUEUED: &str = "outpost_rate_limit_queued";
 /// Extension: 1 while a pooled key is in rotation, 0 once the upstream rejected it (401/403).
 pub const AUTH_KEY_HEALTHY: &str = "outpost_auth_key_healthy";
+/// Extension: 1 while an upstream's shared (Redis) rate limit is not reachable and each replica
+/// limits itself to `rate / expected_replicas`.
+pub const RATE_LIMIT_SHARED_DEGRADED: &str = "outpost_rate_limit_shared_degraded";
 
 /// Every metric name Outpost exports (used by tests that check dashboards and alerts).
 pub const ALL: &[&str] = &[
@@ -35,6 +38,7 @@ pub const ALL: &[&str] = &[
     BUILD_INFO,
     RATE_LIMIT_QUEUED,
     AUTH_KEY_HEALTHY,
+    RATE_LIMIT_SHARED_DEGRADED,
 ];
 
 use std::collections::HashMap;
@@ -151,6 +155,12 @@ impl Metrics {
             d(AUTH_KEY_HEALTHY),
             None,
             "1 while a pooled key is in rotation, 0 once the upstream rejected it.".into(),
+        );
+        r.describe_gauge(
+            d(RATE_LIMIT_SHARED_DEGRADED),
+            None,
+            "1 while the shared (Redis) rate limit is unreachable and the local fallback limits."
+                .into(),
         );
     }
 

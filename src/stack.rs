@@ -19,6 +19,7 @@ pub mod oauth;
 pub mod ratelimit;
 pub mod retry;
 pub mod retry_after;
+pub mod shared;
 pub mod sigv4;
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -159,13 +160,18 @@ impl UpstreamStack {
         let credentials = config.auth.as_ref().map(Credentials::new);
         let upstream_metrics = UpstreamMetrics::new(metrics, &config.name);
         let queued = upstream_metrics.gauge(RATE_LIMIT_QUEUED);
+        let shared = shared::SharedStore::for_upstream(&config, &upstream_metrics)?;
         let pool = config.auth.as_ref().map_or(1, |a| a.pool_size()).max(1);
         let keys = (0..pool)
             .map(|i| {
                 let healthy = upstream_metrics.gauge_with(AUTH_KEY_HEALTHY, "key", i.to_string());
                 healthy.set(1.0);
                 KeySlot {
-                    limiter: Limiter::with_gauge(config.rate_limit.as_ref(), Some(queued.clone())),
+                    limiter: Limiter::with_shared(
+                        config.rate_limit.as_ref(),
+                        Some(queued.clone()),
+                        shared.as_ref().map(|s| s.bucket(i)),
+                    ),
                     removed: AtomicBool::new(false),
                     healthy,
                 }

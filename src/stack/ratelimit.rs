@@ -5,6 +5,10 @@
 //! on a clock built on tokio's `Instant`, and waits are `tokio::time::sleep`, so paused-time
 //! tests hold. Waiters are served in arrival order: the queue is a `tokio::sync::Mutex`, which
 //! is fair, and only the request at its head waits for the bucket.
+//!
+//! With `rate_limit.shared`, a [`SharedBucket`] in Redis decides first (see `shared.rs`); the
+//! local bucket then runs at `rate / expected_replicas` and serves only while Redis cannot
+//! answer. Without it, no Redis code is on the path.
 
 use std::num::NonZeroU32;
 use std::ops::Add;
@@ -20,6 +24,7 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::shared::{SharedBucket, Verdict};
 use crate::config::RateLimit;
 
 /// tokio's clock for governor (follows `tokio::time::pause`).
@@ -109,6 +114,8 @@ pub struct Limiter {
     queued_gauge: Option<metrics::Gauge>,
     in_flight: Option<Arc<Semaphore>>,
     paused_until: Mutex<Option<Instant>>,
+    /// The replicas' common budget, when `rate_limit.shared` is set.
+    shared: Option<SharedBucket>,
 }
 
 impl Limiter {
@@ -119,11 +126,25 @@ impl Limiter {
 
     /// A limiter that reports its queue length on `queued_gauge`.
     pub fn with_gauge(config: Option<&RateLimit>, queued_gauge: Option<metrics::Gauge>) -> Self {
+        Self::with_shared(config, queued_gauge, None)
+    }
+
+    /// A limiter whose budget lives in Redis (`shared`), with a local bucket at
+    /// `rate / expected_replicas` (burst scaled too) for when Redis cannot answer.
+    pub fn with_shared(
+        config: Option<&RateLimit>,
+        queued_gauge: Option<metrics::Gauge>,
+        shared: Option<SharedBucket>,
+    ) -> Self {
         let (bucket, interval, max_wait, in_flight) = match config {
             Some(rl) => {
-                let interval = Duration::from_secs_f64(rl.per.as_secs_f64() / rl.requests)
+                let (requests, burst) = match (&shared, &rl.shared) {
+                    (Some(_), Some(s)) => degraded_share(rl, s.expected_replicas),
+                    _ => (rl.requests, rl.burst),
+                };
+                let interval = Duration::from_secs_f64(rl.per.as_secs_f64() / requests)
                     .max(Duration::from_nanos(1));
-                let burst = NonZeroU32::new(rl.burst).unwrap_or(NonZeroU32::MIN);
+                let burst = NonZeroU32::new(burst).unwrap_or(NonZeroU32::MIN);
                 let quota = Quota::with_period(interval).map(|q| q.allow_burst(burst));
                 let bucket = quota.map(|q| RateLimiter::direct_with_clock(q, TokioClock));
                 (
@@ -147,6 +168,7 @@ impl Limiter {
             queued_gauge,
             in_flight,
             paused_until: Mutex::new(None),
+            shared,
         }
     }
 
@@ -155,8 +177,16 @@ impl Limiter {
         self.queued.load(Ordering::Relaxed)
     }
 
-    /// Pause every request until `until` (the upstream said 429 / Retry-After).
+    /// Pause every request until `until` (the upstream said 429 / Retry-After); with a shared
+    /// limit, every replica's.
     pub fn pause_until(&self, until: Instant) {
+        if let Some(shared) = &self.shared {
+            shared.pause_for(until.saturating_duration_since(Instant::now()));
+        }
+        self.pause_locally(until);
+    }
+
+    fn pause_locally(&self, until: Instant) {
         let mut paused = self.paused_until.lock().unwrap_or_else(|e| e.into_inner());
         if paused.is_none_or(|p| p < until) {
             *paused = Some(until);
@@ -185,6 +215,12 @@ impl Limiter {
             if wait > budget {
                 return Err(Rejected::Upstream { retry_after: wait });
             }
+        }
+        if let Some(shared) = &self.shared {
+            if let Some(verdict) = shared.reserve(budget, paused).await {
+                return self.admit_shared(verdict, start, budget).await;
+            }
+            // Redis did not answer: the local share of the budget decides, below.
         }
         if self.bucket.is_none() && self.in_flight.is_none() {
             if let Some(wait) = paused {
@@ -219,6 +255,32 @@ impl Limiter {
 
         self.wait_in_queue(start, budget).await?;
         self.in_flight_slot(start, budget).await
+    }
+
+    /// Carry out Redis's decision: sleep out a reserved slot, or refuse.
+    async fn admit_shared(
+        &self,
+        verdict: Verdict,
+        start: Instant,
+        budget: Duration,
+    ) -> Result<Admission, Rejected> {
+        match verdict {
+            Verdict::Admit { wait, paused_for } => {
+                if let Some(pause) = paused_for {
+                    self.pause_locally(Instant::now() + pause);
+                }
+                if !wait.is_zero() {
+                    let _queued = Queued::enter(self);
+                    tokio::time::sleep(wait).await;
+                }
+                self.in_flight_slot(start, budget).await
+            }
+            Verdict::Limited { retry_after } => Err(Rejected::Local { retry_after }),
+            Verdict::Paused { retry_after } => {
+                self.pause_locally(Instant::now() + retry_after);
+                Err(Rejected::Upstream { retry_after })
+            }
+        }
     }
 
     async fn wait_in_queue(&self, start: Instant, budget: Duration) -> Result<(), Rejected> {
@@ -277,6 +339,16 @@ impl Limiter {
             }),
         }
     }
+}
+
+/// Each replica's share of the budget while the shared limit is unreachable: rate and burst
+/// divided by `expected_replicas` (burst rounded up, at least 1).
+fn degraded_share(rl: &RateLimit, replicas: u32) -> (f64, u32) {
+    let replicas = replicas.max(1);
+    (
+        rl.requests / f64::from(replicas),
+        rl.burst.div_ceil(replicas).max(1),
+    )
 }
 
 #[cfg(test)]
@@ -379,6 +451,37 @@ mod tests {
         p.pause_until(t + Duration::from_secs(1));
         p.acquire(None).await.unwrap();
         assert!(Instant::now() - t >= Duration::from_secs(1));
+    }
+
+    /// Real time: the shared store's connector touches a real (refusing) socket.
+    #[tokio::test]
+    async fn shared_limit_without_redis_uses_the_local_share() {
+        use crate::config::SharedLimit;
+        use crate::stack::shared::SharedStore;
+        let shared = SharedLimit {
+            redis_url: "redis://127.0.0.1:1".into(),
+            expected_replicas: 2,
+        };
+        let rl = RateLimit {
+            requests: 10.0,
+            per: Duration::from_secs(1),
+            burst: 4,
+            max_wait: Duration::ZERO,
+            max_in_flight: None,
+            shared: Some(shared.clone()),
+        };
+        let store = SharedStore::new("api", &rl, &shared, "t:", None).unwrap();
+        let l = Limiter::with_shared(Some(&rl), None, Some(store.bucket(0)));
+        // Burst 4 over 2 replicas: 2 at once, then 5/s (200 ms apart).
+        l.acquire(None).await.unwrap();
+        l.acquire(None).await.unwrap();
+        match l.acquire(None).await {
+            Err(Rejected::Local { retry_after }) => {
+                assert!(retry_after > Duration::from_millis(150), "{retry_after:?}")
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(store.is_degraded());
     }
 
     #[tokio::test(start_paused = true)]
