@@ -71,3 +71,15 @@ impl<B: http_body::Body, G> http_body::Body for Guarded<B, G> {
         self.inner.size_hint()
     }
 }
+
+/// True when `err` (or anything in its cause chain) is a body length limit being hit.
+pub fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = current {
+        if e.is::<http_body_util::LengthLimitError>() {
+            return true;
+        }
+        current = e.source();
+    }
+    false
+}

@@ -20,7 +20,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -43,9 +43,50 @@ pub async fn serve_app(
     shutdown: impl Future<Output = ()>,
 ) {
     let builder = Arc::new(builder(&limits));
-    let permits = Arc::new(Semaphore::new(limits.max_connections));
-    let graceful = GracefulShutdown::new();
     let limits = Arc::new(limits);
+    let max_connections = limits.max_connections;
+    accept_loop(
+        listener,
+        max_connections,
+        drain_timeout,
+        "app",
+        shutdown,
+        move |stream, watcher| {
+            let builder = builder.clone();
+            let proxy = proxy.clone();
+            let ids = ids.clone();
+            let limits = limits.clone();
+            async move {
+                let Some(io) = first_head(stream, &limits, &ids).await else {
+                    return;
+                };
+                let service = service_fn(move |req| proxy.clone().serve(req));
+                let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                if let Err(e) = watcher.watch(conn.into_owned()).await {
+                    tracing::debug!(error = %e, "app connection ended with an error");
+                }
+            }
+        },
+    )
+    .await;
+}
+
+/// Accept connections until `shutdown` (at most `max_connections` open at once: more wait in
+/// the kernel's backlog), run `serve` for each on its own task, then give open connections up
+/// to `drain_timeout` to finish. `serve` gets a graceful-shutdown watcher for its connection.
+pub async fn accept_loop<F, Fut>(
+    listener: TcpListener,
+    max_connections: usize,
+    drain_timeout: Duration,
+    what: &'static str,
+    shutdown: impl Future<Output = ()>,
+    serve: F,
+) where
+    F: Fn(TcpStream, Watcher) -> Fut,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let permits = Arc::new(Semaphore::new(max_connections));
+    let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -57,7 +98,7 @@ pub async fn serve_app(
                 Ok(a) => a,
                 Err(e) => {
                     // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
+                    tracing::warn!(listener = what, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
@@ -65,21 +106,10 @@ pub async fn serve_app(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let watcher = graceful.watcher();
-        let builder = builder.clone();
-        let proxy = proxy.clone();
-        let ids = ids.clone();
-        let limits = limits.clone();
+        let connection = serve(stream, graceful.watcher());
         tokio::spawn(async move {
             let _permit = permit;
-            let Some(io) = first_head(stream, &limits, &ids).await else {
-                return;
-            };
-            let service = service_fn(move |req| proxy.clone().serve(req));
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(conn.into_owned()).await {
-                tracing::debug!(error = %e, "app connection ended with an error");
-            }
+            connection.await;
         });
     }
     drop(listener);
@@ -88,6 +118,7 @@ pub async fn serve_app(
         .is_err()
     {
         tracing::warn!(
+            listener = what,
             ?drain_timeout,
             "drain timeout reached with requests still in flight"
         );

@@ -613,7 +613,7 @@ impl UpstreamStack {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
                 let err: BoxError = err.into();
-                if let (Some(limit), true) = (body_limit, body_limit_hit(&*err)) {
+                if let (Some(limit), true) = (body_limit, crate::body::is_length_limit(&*err)) {
                     return Err(ProxyError::PayloadTooLarge { limit });
                 }
                 let kind = classify_failure(&*err);
@@ -716,7 +716,7 @@ async fn tunnel(upstream: String, client_side: OnUpgrade, upstream_side: OnUpgra
 
 /// A request body that could not be read while buffering it for retries.
 fn body_error(err: &(dyn std::error::Error + 'static), body_limit: Option<u64>) -> ProxyError {
-    match (body_limit, body_limit_hit(err)) {
+    match (body_limit, crate::body::is_length_limit(err)) {
         (Some(limit), true) => ProxyError::PayloadTooLarge { limit },
         _ => ProxyError::BadRequest("request body could not be read"),
     }
@@ -755,16 +755,4 @@ fn classify_failure(err: &(dyn std::error::Error + 'static)) -> FailureKind {
     } else {
         FailureKind::Other
     }
-}
-
-/// True when the error came from the request body limit (`limits.max_body_bytes`).
-fn body_limit_hit(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }

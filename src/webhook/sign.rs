@@ -58,7 +58,9 @@ pub async fn sign_request(
     while let Some(frame) = body.frame().await {
         let frame = match frame {
             Ok(frame) => frame,
-            Err(e) if is_length_limit(&*e) => return Err(ProxyError::PayloadTooLarge { limit }),
+            Err(e) if crate::body::is_length_limit(&*e) => {
+                return Err(ProxyError::PayloadTooLarge { limit })
+            }
             Err(_) => return Err(ProxyError::BadRequest("request body could not be read")),
         };
         if let Ok(data) = frame.into_data() {
@@ -88,17 +90,6 @@ pub fn check_auth(auth: &Auth) -> Result<(), String> {
         Auth::StandardWebhooks { secret } => standard::secret_key(secret.expose()).map(drop),
         _ => Ok(()),
     }
-}
-
-fn is_length_limit(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut current: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    while let Some(e) = current {
-        if e.is::<http_body_util::LengthLimitError>() {
-            return true;
-        }
-        current = e.source();
-    }
-    false
 }
 
 /// The headers that sign `body` at `timestamp`. `headers` are the request's (for an
