@@ -36,8 +36,9 @@
 //! `outpost_rate_limit_shared_degraded{upstream}` is 1, and one `warn` line is logged. A
 //! background task reconnects with jittered exponential backoff; once a new connection has
 //! loaded the scripts, the shared limit is back (one `info` line, gauge 0). Requests never wait
-//! for a reconnect. Until the first connection is made after start (or reload), the local
-//! bucket serves too, and the gauge reads 1.
+//! for a reconnect. Until the first connection is made after start (or reload) the gauge reads
+//! 1, and requests wait for that first attempt, at most [`COMMAND_TIMEOUT`], so a restart or a
+//! config reload does not open a window of local limits.
 //!
 //! Keys: `<prefix>{<upstream>:<key index>}` and `…:pause`; the braces are a Redis Cluster hash
 //! tag, so both keys of a bucket live on one shard. Keys expire once they no longer matter.
@@ -60,7 +61,7 @@ pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
 /// Connecting happens in the background only, so it may take longer than a command.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 const RECONNECT_MIN: Duration = Duration::from_millis(50);
-const RECONNECT_MAX: Duration = Duration::from_secs(2);
+const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// KEYS: TAT, pause-until. ARGV: interval µs, burst, budget µs, local pause left µs.
 /// Returns `{code, wait µs, pause left µs}`: 0 admitted after `wait` (slot reserved), 1 over
@@ -136,6 +137,8 @@ struct Inner {
     burst: u32,
     state: AtomicU8,
     connector_running: AtomicBool,
+    /// Woken when the first connection attempt has ended, either way.
+    first_attempt: tokio::sync::Notify,
     degraded_gauge: Option<metrics::Gauge>,
 }
 
@@ -190,6 +193,7 @@ impl SharedStore {
                 burst: rate.burst.max(1),
                 state: AtomicU8::new(CONNECTING),
                 connector_running: AtomicBool::new(false),
+                first_attempt: tokio::sync::Notify::new(),
                 degraded_gauge,
             }),
         };
@@ -225,9 +229,9 @@ impl SharedBucket {
         budget: Duration,
         local_pause: Option<Duration>,
     ) -> Option<Verdict> {
-        let Some(conn) = self.inner.conn.load_full() else {
-            self.inner.ensure_connector();
-            return None;
+        let conn = match self.inner.conn.load_full() {
+            Some(conn) => conn,
+            None => self.inner.first_connection().await?,
         };
         let mut c = MultiplexedConnection::clone(&conn);
         let mut invocation = self.inner.admit.prepare_invoke();
@@ -344,6 +348,21 @@ impl Inner {
         }
     }
 
+    /// No connection: while the very first attempt (after start or reload) is under way, wait
+    /// for it, at most [`COMMAND_TIMEOUT`], so a new process or config generation starts on the
+    /// shared budget; otherwise (Redis is known to be down) `None` at once.
+    async fn first_connection(self: &Arc<Self>) -> Option<Arc<MultiplexedConnection>> {
+        let attempted = self.first_attempt.notified();
+        tokio::pin!(attempted);
+        attempted.as_mut().enable();
+        self.ensure_connector();
+        if self.state.load(Ordering::Acquire) != CONNECTING {
+            return self.conn.load_full();
+        }
+        let _ = tokio::time::timeout(COMMAND_TIMEOUT, attempted).await;
+        self.conn.load_full()
+    }
+
     /// Start the background connector unless it runs already (or there is no runtime yet).
     fn ensure_connector(self: &Arc<Self>) {
         if self.connector_running.swap(true, Ordering::AcqRel) {
@@ -390,6 +409,7 @@ async fn connect_loop(store: Weak<Inner>) {
                 Ok(Err(e)) => inner.went_down(&e),
                 Err(_) => inner.went_down(&"connect timed out"),
             }
+            inner.first_attempt.notify_waiters();
         }
         if inner.conn.load().is_some() {
             inner.connector_running.store(false, Ordering::Release);
