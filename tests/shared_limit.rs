@@ -85,6 +85,12 @@ impl RedisServer {
         }
     }
 
+    /// Freeze (`STOP`) or thaw (`CONT`) the server: a hung Redis, sockets still open.
+    fn signal(&self, signal: &str) {
+        let child = self.child.as_ref().expect("redis-server is running");
+        send_signal(child.id(), signal);
+    }
+
     fn password(&self) -> Option<String> {
         let i = self.args.iter().position(|a| a == "--requirepass")?;
         self.args.get(i + 1).cloned()
@@ -544,6 +550,44 @@ async fn transitions_are_logged_once_and_never_show_the_password() {
     assert_eq!(logs.count("redis reachable again"), 1, "{text}");
     assert!(text.contains("WARN"), "{text}");
     assert!(!text.contains("hunter2"), "{text}");
+}
+
+/// A Redis that hangs (connections open, no answers) costs the requests in flight one command
+/// timeout, and the requests after them nothing.
+#[tokio::test]
+async fn a_hung_redis_costs_one_timeout_then_nothing() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(&[]).await;
+    let shared = SharedLimit {
+        redis_url: redis.url(),
+        expected_replicas: 2,
+    };
+    let rl = rate(1000.0, 1000, Some(shared.clone()));
+    let store = SharedStore::new("api", &rl, &shared, "outpost:rl:", None).unwrap();
+    let limiter = Limiter::with_shared(Some(&rl), None, Some(store.bucket(0)));
+    poll_until("connected", || async { !store.is_degraded() }).await;
+    limiter.acquire(None).await.expect("admitted through redis");
+
+    redis.signal("STOP");
+    let t = Instant::now();
+    limiter.acquire(None).await.expect("admitted locally");
+    let first = t.elapsed();
+    assert!(store.is_degraded());
+    let t = Instant::now();
+    for _ in 0..50 {
+        limiter.acquire(None).await.expect("admitted locally");
+    }
+    let next = t.elapsed();
+    println!("hung redis: first admission {first:?}, the next 50 together {next:?}");
+    assert!(
+        first >= Duration::from_millis(90) && first < Duration::from_millis(500),
+        "{first:?}"
+    );
+    assert!(next < Duration::from_millis(50), "{next:?}");
+
+    redis.signal("CONT");
+    poll_until("reconnected", || async { !store.is_degraded() }).await;
+    limiter.acquire(None).await.expect("admitted through redis");
 }
 
 /// Not an assertion but a measurement for the closing note: what one admission costs with the
