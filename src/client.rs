@@ -137,6 +137,9 @@ fn build(
         .pool_timer(TokioTimer::new())
         .pool_idle_timeout(POOL_IDLE_TIMEOUT)
         .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
+        // hyper's default read buffer grows to ~400 KiB per connection on large responses;
+        // 64 KiB keeps streaming fast and pooled connections small.
+        .http1_max_buf_size(64 * 1024)
         // Keep the request's header case as sent? No: HTTP/1 header names are case-insensitive.
         .http2_adaptive_window(true)
         .http2_keep_alive_interval(Some(Duration::from_secs(30)))

@@ -645,6 +645,10 @@ impl UpstreamStack {
     /// Returns the wait the upstream asked for.
     fn observe_response(&self, key: usize, response: &Response<Incoming>) -> Option<Duration> {
         let status = response.status();
+        // Only error answers name a wait; skip the header parsing on the happy path.
+        if status.as_u16() < 400 {
+            return None;
+        }
         let wait = retry_after::requested_wait(
             response.headers(),
             self.config.provider,

@@ -14,7 +14,12 @@ static VIA: HeaderName = HeaderName::from_static("via");
 
 /// Remove the headers named in `Connection` (except `upgrade` when tunnelling an upgrade).
 fn remove_connection_named(headers: &mut HeaderMap, upgrade: bool) {
-    if !headers.contains_key(CONNECTION) {
+    // Fast path: `Connection: keep-alive` / `close` names no other header.
+    let only_options = headers.get_all(CONNECTION).iter().all(|v| {
+        let v = v.as_bytes();
+        v.eq_ignore_ascii_case(b"keep-alive") || v.eq_ignore_ascii_case(b"close")
+    });
+    if only_options {
         return;
     }
     let named: Vec<HeaderName> = headers
