@@ -10,7 +10,7 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::StreamExt;
 use http::{HeaderMap, Method, StatusCode};
 use http_body::{Body, Frame};
@@ -141,22 +141,45 @@ impl RetryPolicy {
 }
 
 /// A request body that can be sent more than once when it was small enough to buffer.
+///
+/// The buffer keeps the chunks as they arrived (reference-counted `Bytes`): nothing is copied,
+/// and each attempt replays them as a stream of cheap clones.
 pub enum ReplayBody {
-    Buffered(Bytes),
+    Buffered(Vec<Bytes>),
     /// Too large (or with trailers): sent once, never retried.
     Once(Option<BoxBody>),
 }
 
+/// Replay what was read so far, then the rest of the stream: for bodies sent once.
+fn stream_once(prefix: Vec<Bytes>, last: Frame<Bytes>, rest: BoxBody) -> ReplayBody {
+    let frames = prefix
+        .into_iter()
+        .map(|b| Ok(Frame::data(b)))
+        .chain(std::iter::once(Ok(last)));
+    let stream = futures_util::stream::iter(frames).chain(BodyStream::new(rest));
+    ReplayBody::Once(Some(StreamBody::new(stream).boxed_unsync()))
+}
+
 impl ReplayBody {
+    /// A buffered body of one chunk.
+    pub fn from_bytes(bytes: Bytes) -> Self {
+        ReplayBody::Buffered(if bytes.is_empty() {
+            Vec::new()
+        } else {
+            vec![bytes]
+        })
+    }
+
     /// Buffer `body` up to `limit` bytes; beyond that, stream what was read followed by the rest.
     pub async fn new(mut body: BoxBody, limit: u64) -> Result<Self, BoxError> {
         if body.is_end_stream() {
-            return Ok(ReplayBody::Buffered(Bytes::new()));
+            return Ok(ReplayBody::Buffered(Vec::new()));
         }
         if body.size_hint().lower() > limit {
             return Ok(ReplayBody::Once(Some(body)));
         }
-        let mut buf = BytesMut::new();
+        let mut chunks: Vec<Bytes> = Vec::new();
+        let mut len = 0u64;
         while let Some(frame) = body.frame().await {
             // A plain match, not `?`: `?` on a boxed error trips rustc's Send check for this
             // future ("implementation of `From` is not general enough").
@@ -166,27 +189,19 @@ impl ReplayBody {
             };
             match frame.into_data() {
                 Ok(data) => {
-                    if (buf.len() + data.len()) as u64 > limit {
-                        let prefix = [Ok(Frame::data(buf.freeze())), Ok(Frame::data(data))];
-                        let stream =
-                            futures_util::stream::iter(prefix).chain(BodyStream::new(body));
-                        return Ok(ReplayBody::Once(Some(
-                            StreamBody::new(stream).boxed_unsync(),
-                        )));
+                    len += data.len() as u64;
+                    if len > limit {
+                        return Ok(stream_once(chunks, Frame::data(data), body));
                     }
-                    buf.extend_from_slice(&data);
+                    if !data.is_empty() {
+                        chunks.push(data);
+                    }
                 }
-                Err(frame) => {
-                    // Trailers: keep them by streaming once.
-                    let prefix = [Ok(Frame::data(buf.freeze())), Ok(frame)];
-                    let stream = futures_util::stream::iter(prefix).chain(BodyStream::new(body));
-                    return Ok(ReplayBody::Once(Some(
-                        StreamBody::new(stream).boxed_unsync(),
-                    )));
-                }
+                // Trailers: keep them by streaming once.
+                Err(frame) => return Ok(stream_once(chunks, frame, body)),
             }
         }
-        Ok(ReplayBody::Buffered(buf.freeze()))
+        Ok(ReplayBody::Buffered(chunks))
     }
 
     /// Wrap a body that will not be retried.
@@ -194,11 +209,26 @@ impl ReplayBody {
         ReplayBody::Once(Some(body))
     }
 
+    /// The buffered chunks, when the body is replayable.
+    pub fn chunks(&self) -> Option<&[Bytes]> {
+        match self {
+            ReplayBody::Buffered(chunks) => Some(chunks),
+            ReplayBody::Once(_) => None,
+        }
+    }
+
     /// The body for the next attempt; `None` when a streamed body was already sent.
     pub fn take(&mut self) -> Option<BoxBody> {
         match self {
-            ReplayBody::Buffered(bytes) if bytes.is_empty() => Some(crate::body::empty()),
-            ReplayBody::Buffered(bytes) => Some(full(bytes.clone())),
+            ReplayBody::Buffered(chunks) => Some(match chunks.as_slice() {
+                [] => crate::body::empty(),
+                [one] => full(one.clone()),
+                many => {
+                    let frames: Vec<Result<Frame<Bytes>, BoxError>> =
+                        many.iter().map(|b| Ok(Frame::data(b.clone()))).collect();
+                    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
+                }
+            }),
             ReplayBody::Once(body) => body.take(),
         }
     }

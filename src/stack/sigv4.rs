@@ -77,6 +77,14 @@ impl Payload {
     fn of(bytes: &[u8]) -> Self {
         Payload::Sha256(hex::encode(Sha256::digest(bytes)))
     }
+
+    fn of_chunks(chunks: &[bytes::Bytes]) -> Self {
+        let mut hasher = Sha256::new();
+        for chunk in chunks {
+            hasher.update(chunk);
+        }
+        Payload::Sha256(hex::encode(hasher.finalize()))
+    }
 }
 
 /// Signs the requests of one `aws_sigv4` upstream. `Debug` shows no secret.
@@ -147,7 +155,7 @@ impl Signer {
             };
         }
         match body {
-            ReplayBody::Buffered(bytes) => Ok(Payload::of(bytes)),
+            ReplayBody::Buffered(chunks) => Ok(Payload::of_chunks(chunks)),
             ReplayBody::Once(Some(stream)) if stream.is_end_stream() => Ok(Payload::of(b"")),
             ReplayBody::Once(_) if self.s3 => Ok(Payload::Unsigned),
             ReplayBody::Once(_) => {
@@ -697,7 +705,7 @@ mod tests {
         );
         let payload = s3
             .payload(
-                &ReplayBody::Buffered(Default::default()),
+                &ReplayBody::from_bytes(Default::default()),
                 req.headers(),
                 1024,
             )
@@ -734,7 +742,7 @@ mod tests {
                 ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
             ],
         );
-        let body = ReplayBody::Buffered("Welcome to Amazon S3.".into());
+        let body = ReplayBody::from_bytes("Welcome to Amazon S3.".into());
         let payload = s3.payload(&body, req.headers(), 1024).unwrap();
         assert_eq!(
             payload.as_str(),
