@@ -233,16 +233,15 @@ impl Proxy {
         let metrics = stack.map_or(&generation.unknown, |s| &s.metrics);
         metrics.request(method, status);
         metrics.duration.record(elapsed.as_secs_f64());
-        tracing::info!(
-            target: "outpost::access",
+        crate::telemetry::access(&crate::telemetry::Access {
             request_id,
-            upstream = upstream.unwrap_or(NO_UPSTREAM),
-            method = method.as_str(),
+            upstream: upstream.unwrap_or(NO_UPSTREAM),
+            method: method.as_str(),
             path,
             status,
             attempts,
-            duration_ms = (elapsed.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
-        );
+            duration: elapsed,
+        });
         response
     }
 }
