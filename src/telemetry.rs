@@ -65,9 +65,9 @@ pub fn access(line: &Access<'_>) {
     push_json_str(&mut buf, line.method);
     buf.push_str(",\"path\":");
     push_json_str(&mut buf, line.path);
-    let _ = write!(
+    let _ = writeln!(
         buf,
-        ",\"status\":{},\"attempts\":{},\"duration_ms\":{},\"target\":\"outpost::access\"}}\n",
+        ",\"status\":{},\"attempts\":{},\"duration_ms\":{},\"target\":\"outpost::access\"}}",
         line.status, line.attempts, duration_ms
     );
     let _ = writer.clone().write_all(buf.as_bytes());
