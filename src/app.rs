@@ -68,8 +68,8 @@ impl App {
         let metrics = Metrics::new();
         let clients = Arc::new(Clients::default());
         let config = Arc::new(config);
-        let generation =
-            Generation::build(config.clone(), &clients, &metrics).map_err(StartError::Build)?;
+        let generation = Generation::build(config.clone(), &clients, &metrics, None)
+            .map_err(StartError::Build)?;
         let state = Arc::new(ArcSwap::from_pointee(generation));
         let ready = Readiness::default();
 
@@ -145,7 +145,13 @@ impl App {
 
     /// Swap in a new config atomically; requests in flight finish on the old one.
     pub fn apply(&self, config: Config) -> Result<(), String> {
-        let generation = Generation::build(Arc::new(config), &self.clients, &self.metrics)?;
+        let previous = self.state.load();
+        let generation = Generation::build(
+            Arc::new(config),
+            &self.clients,
+            &self.metrics,
+            Some(&previous),
+        )?;
         match &self.webhooks {
             Some(webhooks) => webhooks.apply(&generation.config)?,
             None if !generation.config.webhooks.is_empty() => {

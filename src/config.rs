@@ -445,7 +445,7 @@ impl Auth {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, PartialEq)]
 pub struct OAuth2 {
     pub token_url: Uri,
     pub client_id: Secret,
@@ -474,7 +474,7 @@ pub struct HmacSignature {
     pub secret: Secret,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct RateLimit {
     /// `requests` per `per`.
     pub requests: f64,
@@ -491,7 +491,7 @@ impl RateLimit {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SharedLimit {
     pub redis_url: String,
     pub expected_replicas: u32,
@@ -533,7 +533,7 @@ pub struct Retry {
     pub max_body_bytes: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CircuitBreaker {
     pub consecutive_failures: u32,
     pub open_for: Duration,

@@ -32,10 +32,13 @@ pub struct Generation {
 }
 
 impl Generation {
+    /// Build from `config`. Upstreams that were in `previous` keep their rate-limit, breaker
+    /// and token state where that part of their config did not change.
     pub fn build(
         config: Arc<Config>,
         clients: &Clients,
         metrics: &Metrics,
+        previous: Option<&Generation>,
     ) -> Result<Self, String> {
         let router = Router::new(
             config
@@ -46,7 +49,11 @@ impl Generation {
         let upstreams = config
             .upstreams
             .iter()
-            .map(|u| UpstreamStack::new(u.clone(), clients, metrics).map(Arc::new))
+            .map(|u| {
+                let before =
+                    previous.and_then(|p| p.upstreams.iter().find(|s| s.config.name == u.name));
+                UpstreamStack::new(u.clone(), clients, metrics, before.map(|s| &**s)).map(Arc::new)
+            })
             .collect::<Result<_, _>>()?;
         Ok(Generation {
             config,

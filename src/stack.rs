@@ -66,7 +66,8 @@ pub struct Outbound {
 
 /// One key of the credential pool (a single slot when there is no pool).
 struct KeySlot {
-    limiter: Limiter,
+    /// Shared with the previous config generation when the rate limit did not change.
+    limiter: Arc<Limiter>,
     removed: AtomicBool,
     healthy: Gauge,
 }
@@ -142,7 +143,7 @@ pub struct UpstreamStack {
     keys: Vec<KeySlot>,
     next_key: AtomicUsize,
     retry: RetryPolicy,
-    breaker: Option<Breaker>,
+    breaker: Option<Arc<Breaker>>,
     pub metrics: UpstreamMetrics,
     counters: Counters,
 }
@@ -151,10 +152,14 @@ pub struct UpstreamStack {
 type Attempt = Result<Response<Incoming>, ProxyError>;
 
 impl UpstreamStack {
+    /// Build the stack for `config`. `previous` is the same upstream's stack in the config being
+    /// replaced: its limiter, breaker and token state carry over where their config is unchanged,
+    /// so a reload neither resets a rate budget nor closes an open breaker.
     pub fn new(
         config: Arc<Upstream>,
         clients: &Clients,
         metrics: &Metrics,
+        previous: Option<&UpstreamStack>,
     ) -> Result<Self, String> {
         let client = clients.for_upstream(&config)?;
         let credentials = config.auth.as_ref().map(Credentials::new);
@@ -162,23 +167,46 @@ impl UpstreamStack {
         let queued = upstream_metrics.gauge(RATE_LIMIT_QUEUED);
         let shared = shared::SharedStore::for_upstream(&config, &upstream_metrics)?;
         let pool = config.auth.as_ref().map_or(1, |a| a.pool_size()).max(1);
+        let same_limits =
+            previous.filter(|p| p.config.rate_limit == config.rate_limit && p.keys.len() == pool);
         let keys = (0..pool)
             .map(|i| {
                 let healthy = upstream_metrics.gauge_with(AUTH_KEY_HEALTHY, "key", i.to_string());
                 healthy.set(1.0);
-                KeySlot {
-                    limiter: Limiter::with_shared(
+                let limiter = match same_limits {
+                    Some(p) => p.keys[i].limiter.clone(),
+                    None => Arc::new(Limiter::with_shared(
                         config.rate_limit.as_ref(),
                         Some(queued.clone()),
                         shared.as_ref().map(|s| s.bucket(i)),
-                    ),
+                    )),
+                };
+                KeySlot {
+                    limiter,
                     removed: AtomicBool::new(false),
                     healthy,
                 }
             })
             .collect();
         let counters = Counters::new(&upstream_metrics);
+        let same_transport = |p: &UpstreamStack| {
+            p.config.connect_timeout == config.connect_timeout
+                && p.config.http == config.http
+                && p.config.tls_ca_file == config.tls_ca_file
+                && p.config.attempt_timeout == config.attempt_timeout
+        };
+        let previous_oauth = previous.filter(|p| same_transport(p)).and_then(|p| {
+            match (&p.config.auth, &config.auth, &p.oauth) {
+                (
+                    Some(Auth::OAuth2ClientCredentials(before)),
+                    Some(Auth::OAuth2ClientCredentials(now)),
+                    Some(source),
+                ) if before == now => Some(source.clone()),
+                _ => None,
+            }
+        });
         let oauth = match &config.auth {
+            Some(Auth::OAuth2ClientCredentials(_)) if previous_oauth.is_some() => previous_oauth,
             Some(Auth::OAuth2ClientCredentials(oauth2)) => Some(oauth::TokenSource::new(
                 &config.name,
                 oauth2,
@@ -196,7 +224,22 @@ impl UpstreamStack {
         };
         Ok(UpstreamStack {
             retry: RetryPolicy::new(config.retry.clone(), config.provider),
-            breaker: config.circuit_breaker.clone().map(Breaker::new),
+            breaker: match previous.and_then(|p| {
+                p.breaker
+                    .as_ref()
+                    .filter(|_| p.config.circuit_breaker == config.circuit_breaker)
+            }) {
+                Some(breaker) => {
+                    counters
+                        .circuit_open
+                        .set(if breaker.is_open() { 1.0 } else { 0.0 });
+                    Some(breaker.clone())
+                }
+                None => config
+                    .circuit_breaker
+                    .clone()
+                    .map(|c| Arc::new(Breaker::new(c))),
+            },
             config,
             client,
             credentials,

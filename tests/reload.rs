@@ -156,3 +156,79 @@ async fn reload_under_load_fails_no_request() {
         .and_then(|r| r.header("authorization").map(str::to_string));
     assert_eq!(last.as_deref(), Some("Bearer key-four"));
 }
+
+/// A reload keeps the rate budget of an upstream whose `rate_limit` did not change, and starts
+/// afresh where it changed.
+#[tokio::test]
+async fn limiter_state_survives_a_reload_of_an_unchanged_upstream() {
+    let mock = MockUpstream::start(|_| Reply::text(200, "ok")).await;
+    let yaml = |rps: u32| {
+        format!(
+            "version: 1\nlisten: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstreams:\n  api:\n    base_url: {}\n    \
+             rate_limit: {{ requests_per_minute: {rps}, burst: 1, max_wait: 0s }}\n    retry: {{ max_attempts: 1 }}\n",
+            mock.url("")
+        )
+    };
+    let proxy = support::Proxy::start(&yaml(1)).await;
+    assert_eq!(proxy.get("/api/a").await.status, 200);
+    assert_eq!(proxy.get("/api/b").await.status, 429, "budget spent");
+
+    // Same rate limit (another key changed): the spent budget carries over.
+    let same = outpost::config::load_str(
+        &yaml(1).replace(
+            "retry: { max_attempts: 1 }",
+            "retry: { max_attempts: 1, base_delay: 50ms }",
+        ),
+        &proxy.dir.path.join("proxy.yaml"),
+    )
+    .unwrap();
+    proxy.app().apply(same).unwrap();
+    assert_eq!(
+        proxy.get("/api/c").await.status,
+        429,
+        "a reload must not refill the bucket"
+    );
+
+    // A changed rate limit starts a new bucket.
+    let changed = outpost::config::load_str(&yaml(2), &proxy.dir.path.join("proxy.yaml")).unwrap();
+    proxy.app().apply(changed).unwrap();
+    assert_eq!(proxy.get("/api/d").await.status, 200);
+    assert_eq!(mock.count(), 2);
+}
+
+/// An open circuit breaker stays open across a reload that does not touch it.
+#[tokio::test]
+async fn open_breaker_survives_a_reload() {
+    let mock = MockUpstream::start(|_| Reply::text(503, "down")).await;
+    let yaml = format!(
+        "version: 1\nlisten: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nupstreams:\n  api:\n    base_url: {}\n    \
+         retry: {{ max_attempts: 1 }}\n    circuit_breaker: {{ consecutive_failures: 2, open_for: 60s }}\n",
+        mock.url("")
+    );
+    let proxy = support::Proxy::start(&yaml).await;
+    for _ in 0..2 {
+        assert_eq!(proxy.get("/api/x").await.status, 503);
+    }
+    assert_eq!(
+        proxy.get("/api/x").await.header("x-outpost-error"),
+        Some("circuit_open")
+    );
+    let again = outpost::config::load_str(
+        &yaml.replace("max_attempts: 1", "max_attempts: 1, base_delay: 50ms"),
+        &proxy.dir.path.join("proxy.yaml"),
+    )
+    .unwrap();
+    proxy.app().apply(again).unwrap();
+    assert_eq!(
+        proxy.get("/api/x").await.header("x-outpost-error"),
+        Some("circuit_open")
+    );
+    assert_eq!(mock.count(), 2, "no traffic while open, reload or not");
+    assert!(
+        proxy
+            .metrics()
+            .contains(r#"outpost_circuit_open{upstream="api"} 1"#),
+        "{}",
+        proxy.metrics()
+    );
+}

@@ -48,6 +48,14 @@ impl Breaker {
         }
     }
 
+    /// True while open or half-open (what the `outpost_circuit_open` gauge shows).
+    pub fn is_open(&self) -> bool {
+        !matches!(
+            *self.state.lock().unwrap_or_else(|e| e.into_inner()),
+            State::Closed { .. }
+        )
+    }
+
     /// May a request go? `Err(retry_after)` while open (or while the probe is out).
     pub fn allow(&self) -> Result<Permit, Duration> {
         let mut state = self.state.lock().unwrap_or_else(|e| e.into_inner());
