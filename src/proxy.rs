@@ -146,7 +146,7 @@ impl Proxy {
                 .map(|r| (r.index, r.rest.to_string()))
         });
         let (stack, rest_path) = match routed {
-            Ok((index, rest)) => (Some(generation.upstreams[index].clone()), rest),
+            Ok((index, rest)) => (generation.upstreams[index].clone(), rest),
             Err(e) => {
                 return self.finish(
                     &generation,
@@ -160,7 +160,6 @@ impl Proxy {
                 );
             }
         };
-        let stack = stack.expect("routed");
         stack.metrics.in_flight.increment(1.0);
 
         let limit = generation.limits().max_body_bytes;
