@@ -80,7 +80,7 @@ fn unreachable_message(kind: FailureKind) -> &'static str {
         FailureKind::Connect => "could not connect to the upstream",
         FailureKind::Tls => "TLS handshake with the upstream failed",
         FailureKind::Timeout => "upstream timed out",
-        FailureKind::Other => "upstream connection failed",
+        FailureKind::Other => "upstream connection failed after the request was sent",
     }
 }
 
@@ -151,14 +151,35 @@ impl ProxyError {
         }
     }
 
-    /// The normalized JSON response for this error.
-    pub fn to_response(&self, upstream: Option<&str>, request_id: &str) -> Response<BoxBody> {
+    /// True when the upstream may have received (and acted on) the request before the failure:
+    /// a timeout or a connection lost mid-request. Connect and TLS failures sent nothing.
+    pub fn maybe_processed(&self) -> bool {
+        matches!(
+            self,
+            ProxyError::Timeout { .. }
+                | ProxyError::Unreachable {
+                    kind: FailureKind::Other | FailureKind::Timeout,
+                    ..
+                }
+        )
+    }
+
+    /// The normalized JSON response for this error. `request_safe`: the application may send
+    /// the request again (idempotent method or its own `Idempotency-Key`); when it is not and
+    /// the upstream may have processed it, the error is not `retryable`, so an application that
+    /// trusts the flag never sends a payment twice.
+    pub fn to_response(
+        &self,
+        upstream: Option<&str>,
+        request_id: &str,
+        request_safe: bool,
+    ) -> Response<BoxBody> {
         ErrorBody {
             kind: self.kind(),
             message: &self.to_string(),
             upstream: upstream.or(self.upstream()),
             status: self.status(),
-            retryable: self.retryable(),
+            retryable: self.retryable() && (request_safe || !self.maybe_processed()),
             retry_after: self.retry_after(),
             request_id,
         }
@@ -250,7 +271,7 @@ mod tests {
             upstream: "stripe".into(),
             retry_after: Duration::from_millis(1200),
         };
-        let response = err.to_response(None, "req-1");
+        let response = err.to_response(None, "req-1", true);
         assert_eq!(response.status(), 429);
         assert_eq!(response.headers()["x-outpost-error"], "rate_limited");
         assert_eq!(response.headers()["retry-after"], "2");
@@ -270,6 +291,29 @@ mod tests {
             serde_json::json!({"error": {"type": "rate_limited", "message": "stripe: local rate limit exceeded",
                 "upstream": "stripe", "status": 429, "retryable": true, "retry_after_seconds": 1.2, "request_id": "req-1"}})
         );
+    }
+
+    #[test]
+    fn a_possibly_processed_unsafe_request_is_not_retryable() {
+        let lost = ProxyError::Unreachable {
+            upstream: "stripe".into(),
+            kind: FailureKind::Other,
+            source: None,
+        };
+        let json = |r: Response<BoxBody>| r.headers().get("x-outpost-error").cloned();
+        assert!(lost.maybe_processed());
+        assert!(json(lost.to_response(None, "r", false)).is_some());
+        let refused = ProxyError::Unreachable {
+            upstream: "stripe".into(),
+            kind: FailureKind::Connect,
+            source: None,
+        };
+        assert!(!refused.maybe_processed());
+        let timeout = ProxyError::Timeout {
+            upstream: "s".into(),
+            total: false,
+        };
+        assert!(timeout.maybe_processed());
     }
 
     #[test]

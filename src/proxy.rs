@@ -134,6 +134,11 @@ impl Proxy {
         let request_id = self.ids.for_request(&req);
         let method = req.method().clone();
         let uri = req.uri().clone();
+        // May the application send this again? (Outpost's own auto key is invisible to it.)
+        let request_safe = crate::stack::retry::is_idempotent(&method)
+            || req
+                .headers()
+                .contains_key(&crate::stack::retry::IDEMPOTENCY_KEY);
 
         let routed = check_target(&req).and_then(|()| {
             let host = match req.version() {
@@ -156,6 +161,7 @@ impl Proxy {
                     &request_id,
                     start,
                     0,
+                    request_safe,
                     Err(e),
                 );
             }
@@ -199,6 +205,7 @@ impl Proxy {
             &request_id,
             start,
             attempts,
+            request_safe,
             result,
         )
     }
@@ -213,6 +220,7 @@ impl Proxy {
         request_id: &str,
         start: Instant,
         attempts: u32,
+        request_safe: bool,
         result: Result<Response<BoxBody>, ProxyError>,
     ) -> Response<BoxBody> {
         let upstream = stack.map(|s| s.config.name.as_str());
@@ -231,7 +239,7 @@ impl Proxy {
                 } else {
                     tracing::debug!(request_id, upstream = upstream.unwrap_or(NO_UPSTREAM), error = %cause, "request refused");
                 }
-                err.to_response(upstream, request_id)
+                err.to_response(upstream, request_id, request_safe)
             }
         };
         let status = response.status().as_u16();

@@ -81,6 +81,7 @@ struct Counters {
     retry_status: Counter,
     retry_auth_refresh: Counter,
     retry_connect_error: Counter,
+    retry_connection_lost: Counter,
     retry_timeout: Counter,
     limited_local: Counter,
     limited_upstream: Counter,
@@ -103,6 +104,7 @@ impl Counters {
             retry_status: retry(Reason::Status.label()),
             retry_auth_refresh: retry(Reason::AuthRefresh.label()),
             retry_connect_error: retry(Reason::ConnectError.label()),
+            retry_connection_lost: retry(Reason::ConnectionLost.label()),
             retry_timeout: retry(Reason::Timeout.label()),
             limited_local: limited("local"),
             limited_upstream: limited("upstream"),
@@ -125,6 +127,7 @@ impl Counters {
             Reason::Status => &self.retry_status,
             Reason::AuthRefresh => &self.retry_auth_refresh,
             Reason::ConnectError => &self.retry_connect_error,
+            Reason::ConnectionLost => &self.retry_connection_lost,
             Reason::Timeout => &self.retry_timeout,
         }
         .increment(1);
@@ -465,7 +468,8 @@ impl UpstreamStack {
                             kind: FailureKind::Connect | FailureKind::Tls,
                             ..
                         } => (true, Reason::ConnectError),
-                        ProxyError::Unreachable { .. } => (safe, Reason::ConnectError),
+                        // The upstream may have the request: only safe requests go again.
+                        ProxyError::Unreachable { .. } => (safe, Reason::ConnectionLost),
                         ProxyError::Timeout { total: false, .. } => (safe, Reason::Timeout),
                         _ => (false, Reason::Status),
                     };
@@ -698,6 +702,7 @@ impl UpstreamStack {
             SystemTime::now(),
         );
         if status == StatusCode::TOO_MANY_REQUESTS {
+            self.counters.limited_upstream.increment(1);
             let pause = wait.or(self
                 .config
                 .provider

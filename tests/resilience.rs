@@ -502,9 +502,11 @@ async fn retry_after_longer_than_max_retry_after_returns_the_429_at_once() {
     );
     assert_eq!(error["upstream"], "api");
     assert_eq!(mock.count(), 1);
+    // Two requests held back by the upstream's limit: its own 429 answer, then the request
+    // refused locally while the pause it named is in effect.
     assert_eq!(
         value(&proxy.metrics(), LIMITED, &[("source", "upstream")]),
-        1.0
+        2.0
     );
 }
 
@@ -661,6 +663,7 @@ async fn attempt_timeout_retries_get_but_not_post_without_key() {
     let elapsed = start.elapsed();
     let error = answer.assert_error(504, "upstream_timeout");
     assert_eq!(error["upstream"], "api");
+    assert_eq!(error["retryable"], true, "a GET may be sent again");
     assert_eq!(mock.count(), 3, "three attempts of 200 ms each");
     assert!(
         elapsed >= Duration::from_millis(600) && elapsed < Duration::from_millis(1900),
@@ -685,8 +688,27 @@ async fn attempt_timeout_retries_get_but_not_post_without_key() {
         proxy.request("POST", "/api/slow", &[], "x"),
     )
     .await;
-    answer.assert_error(504, "upstream_timeout");
+    let error = answer.assert_error(504, "upstream_timeout");
+    assert_eq!(
+        error["retryable"], false,
+        "the upstream may have processed this POST: the app must not blindly send it again"
+    );
     assert_eq!(mock.count(), 4, "one attempt for the POST");
+
+    // With the application's own Idempotency-Key, sending it again is safe.
+    let answer = within(
+        Duration::from_secs(5),
+        "POST with key",
+        proxy.request(
+            "POST",
+            "/api/slow",
+            &[("idempotency-key", "app-key-1")],
+            "x",
+        ),
+    )
+    .await;
+    let error = answer.assert_error(504, "upstream_timeout");
+    assert_eq!(error["retryable"], true);
 }
 
 #[tokio::test]

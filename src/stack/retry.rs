@@ -28,6 +28,9 @@ pub static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("id
 pub enum Reason {
     Status,
     ConnectError,
+    /// Extension of DESIGN's set: the connection failed after the request was (partly) sent,
+    /// e.g. the upstream closed it before answering. Retried only when the request is safe.
+    ConnectionLost,
     Timeout,
     AuthRefresh,
 }
@@ -37,6 +40,7 @@ impl Reason {
         match self {
             Reason::Status => "status",
             Reason::ConnectError => "connect_error",
+            Reason::ConnectionLost => "connection_lost",
             Reason::Timeout => "timeout",
             Reason::AuthRefresh => "auth_refresh",
         }
