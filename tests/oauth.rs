@@ -645,12 +645,7 @@ async fn secret_and_tokens_never_leak() {
     for body in &seen {
         assert_no_secret("a response", body);
     }
-    let check = outpost(
-        &["check", "-c", &binary.config_path.display().to_string()],
-        &[],
-        None,
-    )
-    .await;
+    let check = binary.check().await;
     assert_eq!(check.code, Some(0), "{}", check.stderr);
     assert!(check.stdout.contains("oauth2_client_credentials"));
     assert!(!check.stdout.contains("not active"), "{}", check.stdout);
@@ -659,18 +654,7 @@ async fn secret_and_tokens_never_leak() {
         format!("{}{}", check.stdout, check.stderr).as_bytes(),
     );
 
-    binary.signal("TERM");
-    assert!(binary.wait().await.success());
-    let stderr = guard("stderr drained", async {
-        loop {
-            let text = binary.stderr.bytes();
-            if String::from_utf8_lossy(&text).contains("stopped") {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let stderr = binary.stop_and_collect_stderr().await;
     let log = String::from_utf8_lossy(&stderr);
     assert!(log.contains("TRACE"), "the capture is at TRACE");
     assert!(log.contains("oauth2"), "token activity is logged:\n{log}");
@@ -690,18 +674,7 @@ async fn token_endpoint_error_text_is_never_repeated() {
     let answer = get(&binary.url("/api/v1/x")).await;
     answer.assert_error(503, "credentials_unavailable");
     assert_no_secret("the 503 body", &answer.body);
-    binary.signal("TERM");
-    assert!(binary.wait().await.success());
-    let stderr = guard("stderr drained", async {
-        loop {
-            let text = binary.stderr.bytes();
-            if String::from_utf8_lossy(&text).contains("stopped") {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let stderr = binary.stop_and_collect_stderr().await;
     assert!(String::from_utf8_lossy(&stderr).contains("oauth2 token request failed"));
     assert_no_secret("stderr (TRACE logs)", &stderr);
 }

@@ -14,7 +14,7 @@
 mod support;
 
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, Mac};
 use http_body_util::BodyExt;
@@ -603,12 +603,7 @@ async fn secret_key_never_leaks() {
     for body in &bodies {
         assert_no_secret("a response", body);
     }
-    let check = outpost(
-        &["check", "-c", &binary.config_path.display().to_string()],
-        &[],
-        None,
-    )
-    .await;
+    let check = binary.check().await;
     assert_eq!(check.code, Some(0), "{}", check.stderr);
     assert!(check.stdout.contains("aws_sigv4"));
     assert!(!check.stdout.contains("not active"), "{}", check.stdout);
@@ -616,18 +611,7 @@ async fn secret_key_never_leaks() {
         "outpost check",
         format!("{}{}", check.stdout, check.stderr).as_bytes(),
     );
-    binary.signal("TERM");
-    assert!(binary.wait().await.success());
-    let stderr = guard("stderr drained", async {
-        loop {
-            let text = binary.stderr.bytes();
-            if String::from_utf8_lossy(&text).contains("stopped") {
-                return text;
-            }
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-    })
-    .await;
+    let stderr = binary.stop_and_collect_stderr().await;
     assert!(String::from_utf8_lossy(&stderr).contains("TRACE"));
     assert_no_secret("stderr (TRACE logs)", &stderr);
     assert_no_secret("stdout", &binary.stdout.bytes());

@@ -1251,6 +1251,33 @@ impl Binary {
             .await
             .expect("wait for outpost")
     }
+
+    /// SIGTERM, assert a clean exit, and return everything it wrote to stderr (polled until
+    /// the final "stopped" line arrived, so no log line is missed).
+    pub async fn stop_and_collect_stderr(&mut self) -> Vec<u8> {
+        self.signal("TERM");
+        assert!(self.wait().await.success(), "outpost did not exit cleanly");
+        guard("stderr drained", async {
+            loop {
+                let text = self.stderr.bytes();
+                if String::from_utf8_lossy(&text).contains("stopped") {
+                    return text;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        })
+        .await
+    }
+
+    /// `outpost check` on this binary's config file.
+    pub async fn check(&self) -> Run {
+        outpost(
+            &["check", "-c", &self.config_path.display().to_string()],
+            &[],
+            None,
+        )
+        .await
+    }
 }
 
 pub fn send_signal(pid: u32, signal: &str) {
