@@ -491,9 +491,11 @@ impl RateLimit {
     }
 }
 
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct SharedLimit {
-    pub redis_url: String,
+    /// May carry a password (`redis://:pw@host`): a [`Secret`], so `${env:…}` references work
+    /// and `Debug` never shows it.
+    pub redis_url: Secret,
     pub expected_replicas: u32,
 }
 
@@ -1440,9 +1442,11 @@ impl Validator {
         let shared = match raw.shared {
             Some(s) => {
                 let spath = join(path, "shared");
-                if !(s.redis_url.starts_with("redis://")
-                    || s.redis_url.starts_with("rediss://")
-                    || s.redis_url.starts_with("redis+unix://"))
+                let redis_url = self.secret(&join(&spath, "redis_url"), &s.redis_url)?;
+                let url = redis_url.expose();
+                if !(url.starts_with("redis://")
+                    || url.starts_with("rediss://")
+                    || url.starts_with("redis+unix://"))
                 {
                     self.error(
                         join(&spath, "redis_url"),
@@ -1456,7 +1460,7 @@ impl Validator {
                     return None;
                 }
                 Some(SharedLimit {
-                    redis_url: s.redis_url,
+                    redis_url,
                     expected_replicas,
                 })
             }

@@ -524,7 +524,10 @@ async fn transitions_are_logged_once_and_never_show_the_password() {
 
     let mut redis = RedisServer::start(&["--requirepass", "hunter2-redis-pass"]).await;
     let shared = SharedLimit {
-        redis_url: format!("redis://:hunter2-redis-pass@127.0.0.1:{}", redis.port),
+        redis_url: outpost::config::Secret::new(format!(
+            "redis://:hunter2-redis-pass@127.0.0.1:{}",
+            redis.port
+        )),
         expected_replicas: 2,
     };
     let rl = rate(1000.0, 1000, Some(shared.clone()));
@@ -559,7 +562,7 @@ async fn a_hung_redis_costs_one_timeout_then_nothing() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start(&[]).await;
     let shared = SharedLimit {
-        redis_url: redis.url(),
+        redis_url: outpost::config::Secret::new(redis.url()),
         expected_replicas: 2,
     };
     let rl = rate(1000.0, 1000, Some(shared.clone()));
@@ -597,7 +600,7 @@ async fn measure_the_cost_of_the_redis_round_trip() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start(&[]).await;
     let shared = SharedLimit {
-        redis_url: redis.url(),
+        redis_url: outpost::config::Secret::new(redis.url()),
         expected_replicas: 2,
     };
     // A budget no loop here can exhaust: every admission is immediate, only its cost shows.

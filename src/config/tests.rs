@@ -503,3 +503,26 @@ fn webhook_secret_shapes_are_checked() {
         "{e}"
     );
 }
+
+#[test]
+fn redis_url_is_a_secret() {
+    std::env::set_var("OUTPOST_T_REDIS", "redis://:pw-CANARY@127.0.0.1:6379");
+    let c = load("version: 1\nupstreams:\n  api:\n    base_url: https://x.example\n    rate_limit: { requests_per_second: 5, shared: { redis_url: \"${env:OUTPOST_T_REDIS}\" } }\n").unwrap();
+    let shared = c.upstreams[0]
+        .rate_limit
+        .as_ref()
+        .unwrap()
+        .shared
+        .as_ref()
+        .unwrap();
+    assert_eq!(
+        shared.redis_url.expose(),
+        "redis://:pw-CANARY@127.0.0.1:6379"
+    );
+    assert!(
+        !format!("{c:?}").contains("CANARY"),
+        "Debug shows the Redis password"
+    );
+    let e = one_error("version: 1\nupstreams:\n  api:\n    base_url: https://x.example\n    rate_limit: { requests_per_second: 5, shared: { redis_url: \"http://:pw-CANARY@x\" } }\n");
+    assert!(e.contains("redis://") && !e.contains("CANARY"), "{e}");
+}

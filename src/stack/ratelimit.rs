@@ -459,7 +459,7 @@ mod tests {
         use crate::config::SharedLimit;
         use crate::stack::shared::SharedStore;
         let shared = SharedLimit {
-            redis_url: "redis://127.0.0.1:1".into(),
+            redis_url: crate::config::Secret::new("redis://127.0.0.1:1"),
             expected_replicas: 2,
         };
         let rl = RateLimit {

@@ -174,7 +174,7 @@ impl SharedStore {
         prefix: &str,
         degraded_gauge: Option<metrics::Gauge>,
     ) -> Result<SharedStore, String> {
-        let client = redis::Client::open(shared.redis_url.as_str()).map_err(|e| {
+        let client = redis::Client::open(shared.redis_url.expose()).map_err(|e| {
             format!("upstream `{upstream}`: rate_limit.shared.redis_url is not usable: {e}")
         })?;
         let interval_us = (rate.per.as_secs_f64() * 1e6 / rate.requests).round() as u64;
@@ -445,7 +445,7 @@ mod tests {
     #[test]
     fn keys_carry_prefix_upstream_key_and_a_hash_tag() {
         let shared = SharedLimit {
-            redis_url: "redis://127.0.0.1:1".into(),
+            redis_url: crate::config::Secret::new("redis://127.0.0.1:1"),
             expected_replicas: 2,
         };
         let store = SharedStore::new("stripe", &rate(10.0, 1), &shared, "p:", None).unwrap();
@@ -460,7 +460,7 @@ mod tests {
     #[test]
     fn an_unusable_url_is_a_build_error_that_does_not_echo_it() {
         let shared = SharedLimit {
-            redis_url: "redis://user:s3cret@[::1".into(),
+            redis_url: crate::config::Secret::new("redis://user:s3cret@[::1"),
             expected_replicas: 2,
         };
         let err = SharedStore::new("api", &rate(1.0, 1), &shared, "p:", None)
@@ -473,7 +473,7 @@ mod tests {
     async fn unreachable_redis_answers_none_at_once() {
         // Port 1 on loopback refuses connections.
         let shared = SharedLimit {
-            redis_url: "redis://127.0.0.1:1".into(),
+            redis_url: crate::config::Secret::new("redis://127.0.0.1:1"),
             expected_replicas: 2,
         };
         let gauge_store = SharedStore::new("api", &rate(10.0, 1), &shared, "p:", None).unwrap();
