@@ -108,7 +108,8 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
-fn build(
+/// A pooled client with Outpost's transport settings (also used to forward webhooks).
+pub fn build(
     connect_timeout: Duration,
     http: HttpMode,
     ca_file: Option<&Path>,

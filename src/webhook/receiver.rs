@@ -450,22 +450,11 @@ fn replayed(request_id: &str) -> Response<BoxBody> {
     response
 }
 
+/// The client that forwards verified deliveries to the application: Outpost's usual pooled
+/// client (webpki roots, HTTP/1.1 to a cleartext `forward_to`, 3 s connect timeout).
 fn forward_client() -> Result<ForwardClient, StartError> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_nodelay(true);
-    http.set_connect_timeout(Some(Duration::from_secs(3)));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_provider_and_webpki_roots(Arc::new(rustls::crypto::ring::default_provider()))
-        .map_err(|e| StartError::Build(format!("webhook forward client: {e}")))?
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
-    Ok(Client::builder(TokioExecutor::new())
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(55))
-        .build(https))
+    crate::client::build(Duration::from_secs(3), crate::config::HttpMode::Http1, None)
+        .map_err(|e| StartError::Build(format!("webhook forward client: {e}")))
 }
 
 /// Accept connections (HTTP/1.1 and h2) until `shutdown`, then drain for `drain_timeout`.
