@@ -694,72 +694,240 @@ async fn pipelined_requests_are_answered_in_order() {
     assert_eq!(&stripe.requests()[1].body[..], b"hello");
 }
 
-// Framing on the second and later requests of a kept-alive connection. Outpost reads and
-// checks only the first head of each connection itself (src/server.rs); later heads are
-// hyper's. DESIGN.md asks for a JSON 400 and a closed connection in every case: for later
-// requests Outpost falls back to RFC 9112's alternative, which is equally safe against request
-// smuggling (no desync is possible) but not the contract's exact answer. These tests pin what
-// is guaranteed today; the per-request check is tracked as remaining work.
+// Framing on the second and later requests of a kept-alive connection: every request gets the
+// contract's answer (DESIGN.md: JSON 400 and the connection closed), not only the first, and
+// nothing from the refused request on reaches the upstream.
 
-/// TE + CL on a reused connection: the Content-Length is dropped, the body is read as chunked
-/// only, and the connection is closed after the answer, so nothing can be smuggled behind it.
-#[tokio::test]
-async fn transfer_encoding_with_content_length_on_a_kept_alive_connection_cannot_desync() {
-    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+/// A kept-alive connection whose first request was served.
+async fn kept_alive(proxy: &Proxy) -> RawConn {
     let mut conn = RawConn::connect(proxy.addr).await;
     conn.write(b"GET /stripe/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await;
     assert_eq!(conn.read_response().await.status, 200);
+    conn
+}
+
+fn uris(upstream: &MockUpstream) -> Vec<String> {
+    upstream.requests().into_iter().map(|r| r.uri).collect()
+}
+
+#[tokio::test]
+async fn transfer_encoding_with_content_length_on_a_kept_alive_connection_is_400_and_closed() {
+    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    let mut conn = kept_alive(&proxy).await;
     conn.write(
         b"POST /stripe/smuggle HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 40\r\n\
           Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /stripe/hidden HTTP/1.1\r\nHost: x\r\n\r\n",
     )
     .await;
-    let _ = conn.read_response().await;
+    let response = conn.read_response().await;
+    let error = response.assert_error(400, "bad_request");
+    assert_eq!(response.header("connection"), Some("close"));
+    assert_eq!(error["retryable"], false);
     assert!(
         conn.is_closed().await,
         "connection must be closed after TE + CL"
     );
-    let requests = stripe.requests();
-    let uris: Vec<&str> = requests.iter().map(|r| r.uri.as_str()).collect();
-    assert!(
-        !uris.contains(&"/base/hidden"),
-        "smuggled request reached the upstream: {uris:?}"
+    assert_eq!(
+        uris(&stripe),
+        ["/base/first"],
+        "the refused request or the one behind it reached the upstream"
     );
-    if let Some(smuggle) = requests.iter().find(|r| r.uri == "/base/smuggle") {
+}
+
+#[tokio::test]
+async fn differing_content_lengths_on_a_kept_alive_connection_are_400_and_closed() {
+    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    for (n, head) in [
+        "Content-Length: 3\r\nContent-Length: 4\r\n",
+        "Content-Length: 3, 4\r\n",
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut conn = kept_alive(&proxy).await;
+        conn.write(
+            format!("POST /stripe/smuggle HTTP/1.1\r\nHost: 127.0.0.1\r\n{head}\r\nabcd")
+                .as_bytes(),
+        )
+        .await;
+        conn.read_response().await.assert_error(400, "bad_request");
         assert!(
-            smuggle.header("content-length").is_none(),
-            "CL must not be forwarded with TE"
+            conn.is_closed().await,
+            "{head:?}: connection must be closed"
         );
+        assert_eq!(
+            uris(&stripe).len(),
+            n + 1,
+            "{head:?}: the second request reached the upstream: {:?}",
+            uris(&stripe)
+        );
+    }
+    assert!(uris(&stripe).iter().all(|u| u == "/base/first"));
+}
+
+#[tokio::test]
+async fn malformed_later_requests_get_the_json_400_and_are_never_forwarded() {
+    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    for (name, raw) in MALFORMED {
+        let mut conn = kept_alive(&proxy).await;
+        conn.write(raw.as_bytes()).await;
+        conn.read_response().await.assert_error(400, "bad_request");
+        assert!(conn.is_closed().await, "{name}: connection must be closed");
         assert!(
-            smuggle.body.is_empty(),
-            "only the chunked body is forwarded"
+            uris(&stripe).iter().all(|u| u == "/base/first"),
+            "{name} reached the upstream: {:?}",
+            uris(&stripe)
         );
     }
 }
 
-/// Differing Content-Lengths on a reused connection: refused (hyper's 400), never forwarded,
-/// connection closed.
 #[tokio::test]
-async fn differing_content_lengths_on_a_kept_alive_connection_are_refused() {
+async fn a_pipelined_good_request_then_a_bad_one_get_200_then_400() {
     let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.write(
+        b"GET /stripe/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n\
+          POST /stripe/second HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\r\nhello\
+          POST /stripe/smuggle HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+          GET /stripe/hidden HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    let first = conn.read_response().await;
+    assert_eq!(first.status, 200, "{}", first.text());
+    assert_eq!(first.text(), "ok");
+    assert_eq!(conn.read_response().await.status, 200);
+    conn.read_response().await.assert_error(400, "bad_request");
+    assert!(conn.is_closed().await);
+    assert_eq!(uris(&stripe), ["/base/first", "/base/second"]);
+    assert_eq!(&stripe.requests()[1].body[..], b"hello");
+}
+
+#[tokio::test]
+async fn a_chunked_post_then_a_get_on_one_connection_are_both_served() {
+    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    // Sent in pieces that split the chunk framing, then the next head, at awkward places.
+    for piece in [
+        &b"POST /stripe/chunked HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n"
+            [..],
+        b"5;name=value\r\nhel",
+        b"lo\r\n6\r\n world\r\n0\r\nX-Trailer: t\r",
+        b"\n\r\nGET /stripe/next HTTP/1.1\r\nHo",
+        b"st: 127.0.0.1\r\n\r\n",
+    ] {
+        conn.write(piece).await;
+        tokio::task::yield_now().await;
+    }
+    assert_eq!(conn.read_response().await.status, 200);
+    assert_eq!(conn.read_response().await.status, 200);
+    assert_eq!(uris(&stripe), ["/base/chunked", "/base/next"]);
+    assert_eq!(&stripe.requests()[0].body[..], b"hello world");
+
+    // Still open and usable.
+    conn.write(b"GET /stripe/third HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    assert_eq!(conn.read_response().await.status, 200);
+}
+
+#[tokio::test]
+async fn a_body_that_looks_like_a_bad_head_is_only_a_body() {
+    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    let fake = "GET /stripe/fake HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\
+                Transfer-Encoding: chunked\r\n\r\n";
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.write(
+        format!(
+            "POST /stripe/length HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: {}\r\n\r\n{fake}\
+             POST /stripe/chunked HTTP/1.1\r\nHost: 127.0.0.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+             {:x}\r\n{fake}\r\n0\r\n\r\n\
+             GET /stripe/after HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+            fake.len(),
+            fake.len()
+        )
+        .as_bytes(),
+    )
+    .await;
+    for _ in 0..3 {
+        let response = conn.read_response().await;
+        assert_eq!(response.status, 200, "{}", response.text());
+    }
+    assert_eq!(
+        uris(&stripe),
+        ["/base/length", "/base/chunked", "/base/after"]
+    );
+    let requests = stripe.requests();
+    assert_eq!(&requests[0].body[..], fake.as_bytes());
+    assert_eq!(&requests[1].body[..], fake.as_bytes());
+}
+
+#[tokio::test]
+async fn a_declined_upgrade_keeps_the_checks_on() {
+    // The upstream answers the upgrade request 200: the connection stays HTTP/1, and the next
+    // request is judged like any other.
+    let (stripe, _sendgrid, proxy) = two_upstreams().await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.write(
+        b"GET /stripe/ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\n\
+          Upgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n\
+          GET /stripe/second HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n",
+    )
+    .await;
+    assert_eq!(conn.read_response().await.status, 200);
+    assert_eq!(conn.read_response().await.status, 200);
+    conn.write(
+        b"POST /stripe/smuggle HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 5\r\n\
+          Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+    )
+    .await;
+    conn.read_response().await.assert_error(400, "bad_request");
+    assert!(conn.is_closed().await);
+    assert_eq!(uris(&stripe), ["/base/ws", "/base/second"]);
+}
+
+#[tokio::test]
+async fn an_oversized_later_header_section_is_431_and_closed() {
+    let (stripe, proxy) = limited().await;
     let mut conn = RawConn::connect(proxy.addr).await;
     conn.write(b"GET /stripe/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         .await;
     assert_eq!(conn.read_response().await.status, 200);
+    let big = "a".repeat(12 * 1024);
     conn.write(
-        b"POST /stripe/smuggle HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 3\r\n\
-          Content-Length: 4\r\n\r\nabcd",
+        format!("GET /stripe/big HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Big: {big}\r\n\r\n").as_bytes(),
     )
     .await;
-    assert_eq!(conn.read_response().await.status, 400);
-    assert!(conn.is_closed().await, "connection must be closed");
-    let uris: Vec<String> = stripe.requests().into_iter().map(|r| r.uri).collect();
+    let response = conn.read_response().await;
+    assert_local_error(&response, 431);
     assert_eq!(
-        uris,
-        ["/base/first"],
-        "the second request reached the upstream"
+        response.header("x-outpost-error"),
+        Some("request_header_fields_too_large")
     );
+    assert!(conn.is_closed().await);
+    assert_eq!(stripe.only_request().uri, "/first");
+}
+
+#[tokio::test]
+async fn a_slow_later_header_section_is_408_and_closed() {
+    let (stripe, proxy) = limited().await;
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.write(b"GET /stripe/first HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    assert_eq!(conn.read_response().await.status, 200);
+    conn.write(b"GET /stripe/slow HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Partial: ")
+        .await;
+    let started = tokio::time::Instant::now();
+    let response = conn.read_response().await;
+    assert_local_error(&response, 408);
+    assert_eq!(response.header("x-outpost-error"), Some("request_timeout"));
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "408 should come after about 300 ms"
+    );
+    assert!(conn.is_closed().await);
+    assert_eq!(stripe.only_request().uri, "/first");
 }
 
 /// Requests hyper cannot parse or must refuse (RFC 9112: obs-fold, `chunked` not last,
