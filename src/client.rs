@@ -1,26 +1,66 @@
-//! The upstream HTTP client: one pooled hyper-util client per distinct transport setting
-//! (connect timeout, HTTP mode, extra CA file), shared by every upstream that uses it and kept
-//! across config reloads so warm connections survive. rustls with the webpki roots, plus an
-//! optional per-upstream `tls.ca_file`; HTTP/1.1 and HTTP/2 chosen by ALPN on TLS.
+//! The upstream HTTP client: one [`HttpClient`] per distinct transport setting (connect
+//! timeout, HTTP mode, extra CA file), shared by every upstream that uses it and kept across
+//! config reloads so warm connections survive. rustls with the webpki roots, plus an optional
+//! per-upstream `tls.ca_file`; HTTP/1.1 and HTTP/2 chosen by ALPN on TLS. Connections are
+//! pooled per origin by [`pool::Endpoint`].
+
+mod pool;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use hyper_rustls::{HttpsConnector, HttpsConnectorBuilder};
+use http::uri::{Authority, Scheme};
+use http::{Request, Response};
+use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::body::BoxBody;
 use crate::config::{HttpMode, Upstream};
 
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+pub use pool::{ClientError, Endpoint, PooledBody};
 
-/// How long an idle pooled connection is kept (below the usual 60-120 s server keep-alive).
-const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(55);
-const POOL_MAX_IDLE_PER_HOST: usize = 256;
+type Endpoints = HashMap<(Scheme, Authority), Arc<Endpoint>>;
+
+/// A client for one transport setting: an [`Endpoint`] (connection pool) per origin.
+#[derive(Clone)]
+pub struct HttpClient {
+    transport: Arc<pool::Transport>,
+    endpoints: Arc<Mutex<Endpoints>>,
+}
+
+impl HttpClient {
+    /// The connection pool for `scheme://authority`, created on first use. Hot paths keep
+    /// the returned handle instead of looking it up per request.
+    pub fn endpoint(
+        &self,
+        scheme: &Scheme,
+        authority: &Authority,
+    ) -> Result<Arc<Endpoint>, ClientError> {
+        let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (scheme.clone(), authority.clone());
+        if let Some(endpoint) = endpoints.get(&key) {
+            return Ok(endpoint.clone());
+        }
+        let endpoint = Endpoint::new(self.transport.clone(), key.0.clone(), key.1.clone())?;
+        endpoints.insert(key, endpoint.clone());
+        Ok(endpoint)
+    }
+
+    /// Send a request with an absolute URI.
+    pub async fn request(
+        &self,
+        request: Request<BoxBody>,
+    ) -> Result<Response<PooledBody>, ClientError> {
+        let (Some(scheme), Some(authority)) = (request.uri().scheme(), request.uri().authority())
+        else {
+            return Err(ClientError::InvalidUri);
+        };
+        let endpoint = self.endpoint(scheme, authority)?;
+        endpoint.send(request).await
+    }
+}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct ClientKey {
@@ -108,7 +148,7 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
     Ok(config)
 }
 
-/// A pooled client with Outpost's transport settings (also used to forward webhooks).
+/// A client with Outpost's transport settings (also used to forward webhooks).
 pub fn build(
     connect_timeout: Duration,
     http: HttpMode,
@@ -123,7 +163,7 @@ pub fn build(
     let builder = HttpsConnectorBuilder::new()
         .with_tls_config(tls_config(ca_file)?)
         .https_or_http();
-    let https = match http {
+    let connector = match http {
         HttpMode::Auto => builder
             .enable_http1()
             .enable_http2()
@@ -131,22 +171,8 @@ pub fn build(
         HttpMode::Http1 => builder.enable_http1().wrap_connector(connector),
         HttpMode::Http2 => builder.enable_http2().wrap_connector(connector),
     };
-
-    let mut client = Client::builder(TokioExecutor::new());
-    client
-        .timer(TokioTimer::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(POOL_IDLE_TIMEOUT)
-        .pool_max_idle_per_host(POOL_MAX_IDLE_PER_HOST)
-        // hyper's default read buffer grows to ~400 KiB per connection on large responses;
-        // 64 KiB keeps streaming fast and pooled connections small.
-        .http1_max_buf_size(64 * 1024)
-        // Keep the request's header case as sent? No: HTTP/1 header names are case-insensitive.
-        .http2_adaptive_window(true)
-        .http2_keep_alive_interval(Some(Duration::from_secs(30)))
-        .http2_keep_alive_while_idle(false);
-    if http == HttpMode::Http2 {
-        client.http2_only(true);
-    }
-    Ok(client.build(https))
+    Ok(HttpClient {
+        transport: Arc::new(pool::Transport { connector, http }),
+        endpoints: Arc::default(),
+    })
 }

@@ -29,7 +29,6 @@ use std::time::{Duration, SystemTime};
 use http::header::HeaderValue;
 use http::request::Parts;
 use http::{Request, Response, StatusCode};
-use hyper::body::Incoming;
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use metrics::{Counter, Gauge};
@@ -40,7 +39,7 @@ use self::breaker::{Breaker, Permit, Transition};
 use self::ratelimit::{Admission, Limiter, Rejected};
 use self::retry::{Reason, ReplayBody, RetryPolicy};
 use crate::body::{boxed, BoxBody, BoxError, Guarded};
-use crate::client::{Clients, HttpClient};
+use crate::client::{ClientError, Clients, Endpoint, PooledBody};
 use crate::config::{Auth, ErrorMode, Upstream};
 use crate::error::{classify_status, FailureKind, ProxyError, X_OUTPOST_ERROR};
 use crate::metrics::{
@@ -137,7 +136,8 @@ impl Counters {
 /// Everything one upstream needs per request, built once per config generation.
 pub struct UpstreamStack {
     pub config: Arc<Upstream>,
-    client: HttpClient,
+    /// The connection pool of `base_url`'s origin.
+    endpoint: Arc<Endpoint>,
     credentials: Option<Credentials>,
     /// `oauth2_client_credentials`: the upstream's access token.
     oauth: Option<Arc<oauth::TokenSource>>,
@@ -152,7 +152,7 @@ pub struct UpstreamStack {
 }
 
 /// What one attempt produced.
-type Attempt = Result<Response<Incoming>, ProxyError>;
+type Attempt = Result<Response<PooledBody>, ProxyError>;
 
 impl UpstreamStack {
     /// Build the stack for `config`. `previous` is the same upstream's stack in the config being
@@ -165,6 +165,9 @@ impl UpstreamStack {
         previous: Option<&UpstreamStack>,
     ) -> Result<Self, String> {
         let client = clients.for_upstream(&config)?;
+        let endpoint = client
+            .endpoint(&config.base_url.scheme, &config.base_url.authority)
+            .map_err(|e| format!("base_url: {e}"))?;
         let credentials = config.auth.as_ref().map(Credentials::new);
         let upstream_metrics = UpstreamMetrics::new(metrics, &config.name);
         let queued = upstream_metrics.gauge(RATE_LIMIT_QUEUED);
@@ -244,7 +247,7 @@ impl UpstreamStack {
                     .map(|c| Arc::new(Breaker::new(c))),
             },
             config,
-            client,
+            endpoint,
             credentials,
             oauth,
             sigv4,
@@ -499,7 +502,7 @@ impl UpstreamStack {
     fn decide_response(
         &self,
         key: usize,
-        response: &Response<Incoming>,
+        response: &Response<PooledBody>,
         safe: bool,
         retries: u32,
         last: bool,
@@ -655,7 +658,7 @@ impl UpstreamStack {
         upgrade: Option<OnUpgrade>,
         body_limit: Option<u64>,
     ) -> Attempt {
-        let send = self.client.request(request);
+        let send = self.endpoint.send(request);
         let mut response = match tokio::time::timeout(self.config.attempt_timeout, send).await {
             Ok(Ok(response)) => response,
             Ok(Err(err)) => {
@@ -690,7 +693,7 @@ impl UpstreamStack {
 
     /// Upstream backpressure: a 429 (or a 503 naming a time) pauses this key's limiter.
     /// Returns the wait the upstream asked for.
-    fn observe_response(&self, key: usize, response: &Response<Incoming>) -> Option<Duration> {
+    fn observe_response(&self, key: usize, response: &Response<PooledBody>) -> Option<Duration> {
         let status = response.status();
         // Only error answers name a wait; skip the header parsing on the happy path.
         if status.as_u16() < 400 {
@@ -735,7 +738,7 @@ impl UpstreamStack {
     /// in-flight slot held until the body ends.
     fn finish(
         &self,
-        mut response: Response<Incoming>,
+        mut response: Response<PooledBody>,
         admission: Option<Admission>,
     ) -> Response<BoxBody> {
         let switching = response.status() == StatusCode::SWITCHING_PROTOCOLS;
@@ -782,7 +785,7 @@ fn classify_failure(err: &(dyn std::error::Error + 'static)) -> FailureKind {
         if e.downcast_ref::<rustls::Error>().is_some() {
             return FailureKind::Tls;
         }
-        if let Some(client_err) = e.downcast_ref::<hyper_util::client::legacy::Error>() {
+        if let Some(client_err) = e.downcast_ref::<ClientError>() {
             connect |= client_err.is_connect();
         }
         if let Some(io) = e.downcast_ref::<std::io::Error>() {

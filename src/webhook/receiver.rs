@@ -25,9 +25,6 @@ use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use metrics::{Counter, Label};
@@ -54,7 +51,7 @@ pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(30);
 /// Replay window of schemes that sign no timestamp when `tolerance` is not set lower.
 const UNTIMESTAMPED_WINDOW: Duration = Duration::from_secs(300);
 
-type ForwardClient = Client<HttpsConnector<HttpConnector>, BoxBody>;
+type ForwardClient = crate::client::HttpClient;
 
 /// The `result` label values of `outpost_webhooks_total` (DESIGN.md).
 const RESULTS: [&str; 7] = [
