@@ -169,13 +169,13 @@ impl Endpoint {
                         Some(conn) => conn,
                         None => {
                             fresh = true;
-                            self.connect().await?
+                            Box::pin(self.connect()).await?
                         }
                     }
                 }
                 None => {
                     fresh = true;
-                    self.connect().await?
+                    Box::pin(self.connect()).await?
                 }
             };
             let sent = match conn {
