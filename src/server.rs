@@ -77,9 +77,11 @@ pub async fn serve_app(
                 let service = service_fn(move |req: Request<Incoming>| {
                     let exchange = Exchange::new(&exchanges);
                     let connect = req.method() == Method::CONNECT;
-                    let serving = proxy.clone().serve(req);
+                    let proxy = proxy.clone();
+                    // `serve` is called inside: its (large) future is built in place, not
+                    // moved into this one.
                     async move {
-                        let Ok(response) = serving.await;
+                        let Ok(response) = proxy.serve(req).await;
                         let status = response.status();
                         if status == StatusCode::SWITCHING_PROTOCOLS
                             || (connect && status.is_success())
