@@ -7,7 +7,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -38,8 +38,6 @@ pub enum StartError {
 pub struct App {
     pub app_addr: SocketAddr,
     pub admin_addr: SocketAddr,
-    /// Bound only when the config has `webhooks`.
-    pub webhook_addr: Option<SocketAddr>,
     pub metrics: Metrics,
     pub ready: Readiness,
     config_path: PathBuf,
@@ -49,7 +47,8 @@ pub struct App {
     app_task: JoinHandle<()>,
     admin_stop: watch::Sender<bool>,
     admin_task: JoinHandle<()>,
-    webhooks: Option<WebhookServer>,
+    /// Bound when the config has `webhooks` (at start, or by the reload that adds the first).
+    webhooks: Mutex<Option<WebhookServer>>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -124,7 +123,6 @@ impl App {
         Ok(App {
             app_addr,
             admin_addr,
-            webhook_addr: webhooks.as_ref().map(|w| w.addr),
             metrics,
             ready,
             config_path: config.path.clone(),
@@ -134,8 +132,17 @@ impl App {
             app_task,
             admin_stop,
             admin_task,
-            webhooks,
+            webhooks: Mutex::new(webhooks),
         })
+    }
+
+    /// The webhook listener's address, once bound.
+    pub fn webhook_addr(&self) -> Option<SocketAddr> {
+        self.webhooks().as_ref().map(|w| w.addr)
+    }
+
+    fn webhooks(&self) -> std::sync::MutexGuard<'_, Option<WebhookServer>> {
+        self.webhooks.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// The config now serving.
@@ -152,13 +159,22 @@ impl App {
             &self.metrics,
             Some(&previous),
         )?;
-        match &self.webhooks {
-            Some(webhooks) => webhooks.apply(&generation.config)?,
+        let mut webhooks = self.webhooks();
+        match &*webhooks {
+            Some(server) => server.apply(&generation.config)?,
             None if !generation.config.webhooks.is_empty() => {
-                tracing::warn!("webhooks added by a reload are served after a restart (webhook_listen was not bound)");
+                // The first webhook: bind `webhook_listen` now (a failure fails the reload).
+                let server = WebhookServer::start_now(
+                    &generation.config,
+                    &self.metrics,
+                    stopped(self.stop.subscribe()),
+                )
+                .map_err(|e| e.to_string())?;
+                *webhooks = Some(server);
             }
             None => {}
         }
+        drop(webhooks);
         self.state.store(Arc::new(generation));
         Ok(())
     }
@@ -187,7 +203,11 @@ impl App {
         self.ready.set(false);
         let _ = self.stop.send(true);
         let _ = self.app_task.await;
-        if let Some(webhooks) = self.webhooks {
+        let webhooks = self
+            .webhooks
+            .into_inner()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(webhooks) = webhooks {
             let _ = webhooks.task.await;
         }
         let _ = self.admin_stop.send(true);

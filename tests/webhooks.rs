@@ -214,8 +214,14 @@ fn pairs(lines: &[(String, String)]) -> Vec<(String, String)> {
 // ------------------------------------------------------------------------------------------
 
 fn load(yaml: &str) -> outpost::config::Config {
+    logs();
     outpost::config::load_str(yaml, Path::new("/tmp/x/proxy.yaml"))
         .unwrap_or_else(|e| panic!("config: {e}\n{yaml}"))
+}
+
+fn load_file(path: &Path) -> outpost::config::Config {
+    logs();
+    outpost::config::load(path).unwrap_or_else(|e| panic!("config: {e}"))
 }
 
 fn base_yaml(upstreams: &str, webhooks: &str) -> String {
@@ -231,7 +237,7 @@ async fn start(webhooks: &str) -> App {
 }
 
 fn whaddr(app: &App) -> SocketAddr {
-    app.webhook_addr.expect("webhook listener bound")
+    app.webhook_addr().expect("webhook listener bound")
 }
 
 /// A P-256 key pair for SendGrid: (base64 DER PKCS#8 private, base64 DER SPKI public).
@@ -732,9 +738,7 @@ async fn secret_file_with_trailing_newline_and_rotation() {
     // A real config file, so `reload()` re-reads it and its secret files as SIGHUP would.
     let config_path = dir.join("proxy.yaml");
     std::fs::write(&config_path, base_yaml("  {}", &yaml)).unwrap();
-    let outpost = App::start(outpost::config::load(&config_path).unwrap())
-        .await
-        .unwrap();
+    let outpost = App::start(load_file(&config_path)).await.unwrap();
     let addr = whaddr(&outpost);
     let mut spec = Spec::new(WebhookScheme::Hmac, vec![Secret::new("file-secret")]);
     spec.header = Some(HeaderName::from_static("x-sig"));
@@ -787,6 +791,86 @@ async fn secret_file_with_trailing_newline_and_rotation() {
     assert_eq!(post(addr, "/partner", &new, body2).await.status, 200);
     assert_eq!(&app_server.next().await.body[..], body2);
     outpost.shutdown().await;
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+/// A reload that adds the first webhook binds `webhook_listen` then and there; a reload that
+/// cannot bind it fails (counted, logged) and the old config keeps serving.
+#[tokio::test]
+async fn a_reload_that_adds_the_first_webhook_starts_the_receiver() {
+    let mut app_server = Recorder::start().await;
+    let dir = std::env::temp_dir().join(format!("outpost-webhooks-add-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config_path = dir.join("proxy.yaml");
+    let no_hooks =
+        "version: 1\nlisten: 127.0.0.1:0\nadmin_listen: 127.0.0.1:0\nwebhook_listen: 127.0.0.1:0\n";
+    std::fs::write(&config_path, no_hooks).unwrap();
+    let outpost = App::start(load_file(&config_path)).await.unwrap();
+    assert!(outpost.webhook_addr().is_none());
+
+    // Port taken: the reload fails and nothing changes.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hook = format!(
+        "  partner:\n    path: /partner\n    scheme: hmac\n    header: X-Sig\n    secrets: [\"added-secret\"]\n    forward_to: http://{}/p\n",
+        app_server.addr
+    );
+    let with_hook = |listen: &str| {
+        base_yaml("  {}", &hook).replace(
+            "webhook_listen: 127.0.0.1:0",
+            &format!("webhook_listen: {listen}"),
+        )
+    };
+    std::fs::write(
+        &config_path,
+        with_hook(&taken.local_addr().unwrap().to_string()),
+    )
+    .unwrap();
+    assert!(!outpost.reload(), "binding a taken port fails the reload");
+    assert!(outpost.webhook_addr().is_none());
+    assert!(
+        outpost.config().webhooks.is_empty(),
+        "the old config keeps serving"
+    );
+    drop(taken);
+
+    std::fs::write(&config_path, with_hook("127.0.0.1:0")).unwrap();
+    assert!(outpost.reload(), "reload adding a webhook");
+    let addr = outpost
+        .webhook_addr()
+        .expect("receiver bound by the reload");
+    let mut spec = Spec::new(WebhookScheme::Hmac, vec![Secret::new("added-secret")]);
+    spec.header = Some(HeaderName::from_static("x-sig"));
+    let body = b"{\"added\":true}";
+    let lines = provider_headers(
+        &spec,
+        &SignInput {
+            body,
+            timestamp: 0,
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap();
+    let answer = post(addr, "/partner", &pairs(&lines), body).await;
+    assert_eq!(
+        answer.status,
+        200,
+        "{}",
+        String::from_utf8_lossy(&answer.body)
+    );
+    assert_eq!(&app_server.next().await.body[..], body);
+    assert_rejected(
+        &post(addr, "/partner", &[], body).await,
+        400,
+        "webhook_signature_missing",
+        "unsigned delivery to the added webhook",
+    );
+    // Shutdown also stops the receiver the reload started.
+    outpost.shutdown().await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "receiver closed on shutdown"
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
 
@@ -1020,7 +1104,7 @@ async fn no_webhooks_no_listener() {
     ))
     .await
     .unwrap();
-    assert!(outpost.webhook_addr.is_none());
+    assert!(outpost.webhook_addr().is_none());
     outpost.shutdown().await;
 }
 
@@ -1369,16 +1453,27 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogBuffer {
     }
 }
 
-/// Current-thread runtime: every task Outpost spawns runs on this thread, under this subscriber.
-#[tokio::test(flavor = "current_thread")]
+/// Every log line of this test binary, Outpost's at every level. One global subscriber,
+/// installed before any Outpost in this binary starts (by [`load`]): a per-test scoped
+/// subscriber (`set_default`) loses lines when another test thread registers the same
+/// callsite first (tracing caches a callsite's interest process-wide).
+fn logs() -> &'static LogBuffer {
+    static LOGS: std::sync::OnceLock<LogBuffer> = std::sync::OnceLock::new();
+    LOGS.get_or_init(|| {
+        let logs = LogBuffer::default();
+        let subscriber = tracing_subscriber::fmt()
+            .with_env_filter("outpost=trace,warn")
+            .with_writer(logs.clone())
+            .json()
+            .finish();
+        tracing::subscriber::set_global_default(subscriber).expect("one global subscriber");
+        logs
+    })
+}
+
+#[tokio::test]
 async fn no_secret_or_body_in_logs_errors_or_metrics() {
-    let logs = LogBuffer::default();
-    let subscriber = tracing_subscriber::fmt()
-        .with_env_filter("trace")
-        .with_writer(logs.clone())
-        .json()
-        .finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
+    let logs = logs();
 
     const SECRET: &str = "whsec_SUPERSECRETVALUE123";
     const BODY_MARK: &str = "BODYMARKER-4242";
@@ -1448,10 +1543,13 @@ async fn no_secret_or_body_in_logs_errors_or_metrics() {
             "a signature reached the logs: {line}"
         );
     }
-    // One access line per delivery, on the `outpost::webhook` target.
+    // One access line per delivery, on the `outpost::webhook` target (other tests in this
+    // binary log their own webhooks' lines into the same buffer).
     let deliveries: Vec<&str> = text
         .lines()
-        .filter(|l| l.contains("\"target\":\"outpost::webhook\""))
+        .filter(|l| {
+            l.contains("\"target\":\"outpost::webhook\"") && l.contains("\"webhook\":\"leak\"")
+        })
         .collect();
     assert_eq!(
         deliveries.len(),

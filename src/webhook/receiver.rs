@@ -132,7 +132,10 @@ impl Routes {
 
 /// The running listener, as `App` holds it.
 pub struct WebhookServer {
+    /// The bound address.
     pub addr: SocketAddr,
+    /// `webhook_listen` as configured when bound (a reload cannot move the listener).
+    listen: SocketAddr,
     routes: Arc<ArcSwap<Routes>>,
     metrics: Metrics,
     pub task: JoinHandle<()>,
@@ -148,17 +151,51 @@ impl WebhookServer {
         if config.webhooks.is_empty() {
             return Ok(None);
         }
-        let routes = Arc::new(ArcSwap::from_pointee(
-            Routes::build(config, metrics).map_err(StartError::Build)?,
-        ));
+        let addr = config.webhook_listen;
+        let listener = TcpListener::bind(addr)
+            .await
+            .map_err(|source| StartError::Bind {
+                what: "webhook_listen",
+                addr,
+                source,
+            })?;
+        Self::serve_on(listener, config, metrics, shutdown).map(Some)
+    }
+
+    /// Start serving on `webhook_listen` from a config reload that adds the first webhook
+    /// (bound synchronously: a reload is applied in one step, and a bind error fails it).
+    pub fn start_now(
+        config: &Config,
+        metrics: &Metrics,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<WebhookServer, StartError> {
         let addr = config.webhook_listen;
         let bind_err = |source| StartError::Bind {
             what: "webhook_listen",
             addr,
             source,
         };
-        let listener = TcpListener::bind(addr).await.map_err(bind_err)?;
-        let local = listener.local_addr().map_err(bind_err)?;
+        let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
+        listener.set_nonblocking(true).map_err(bind_err)?;
+        let listener = TcpListener::from_std(listener).map_err(bind_err)?;
+        Self::serve_on(listener, config, metrics, shutdown)
+    }
+
+    fn serve_on(
+        listener: TcpListener,
+        config: &Config,
+        metrics: &Metrics,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<WebhookServer, StartError> {
+        let addr = config.webhook_listen;
+        let local = listener.local_addr().map_err(|source| StartError::Bind {
+            what: "webhook_listen",
+            addr,
+            source,
+        })?;
+        let routes = Arc::new(ArcSwap::from_pointee(
+            Routes::build(config, metrics).map_err(StartError::Build)?,
+        ));
         let receiver = Arc::new(Receiver::new(routes.clone())?);
         let task = tokio::spawn(serve(
             listener,
@@ -168,16 +205,21 @@ impl WebhookServer {
             shutdown,
         ));
         tracing::info!(webhook_listen = %local, webhooks = config.webhooks.len(), "webhook receiver ready");
-        Ok(Some(WebhookServer {
+        Ok(WebhookServer {
             addr: local,
+            listen: addr,
             routes,
             metrics: metrics.clone(),
             task,
-        }))
+        })
     }
 
     /// Follow a config reload: build the new routes, then swap them in.
     pub fn apply(&self, config: &Config) -> Result<(), String> {
+        if config.webhook_listen != self.listen {
+            tracing::warn!(bound = %self.listen, configured = %config.webhook_listen,
+                "webhook_listen changed: the receiver keeps its address until a restart");
+        }
         let routes = Routes::build(config, &self.metrics)?;
         self.routes.store(Arc::new(routes));
         Ok(())
