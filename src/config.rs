@@ -156,6 +156,9 @@ struct RawShared {
     redis_url: String,
     /// When Redis is unreachable each replica limits itself to `rate / expected_replicas`.
     expected_replicas: Option<u32>,
+    /// Prefix of the Redis keys (default `outpost:rl:`): lets several deployments share one
+    /// Redis without sharing budgets, or deliberately share one under a common prefix.
+    key_prefix: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -497,6 +500,8 @@ pub struct SharedLimit {
     /// and `Debug` never shows it.
     pub redis_url: Secret,
     pub expected_replicas: u32,
+    /// Redis keys are `{key_prefix}{upstream}:{key index}`.
+    pub key_prefix: String,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -1459,9 +1464,24 @@ impl Validator {
                     self.error(join(&spath, "expected_replicas"), "must be at least 1");
                     return None;
                 }
+                let key_prefix = s
+                    .key_prefix
+                    .clone()
+                    .unwrap_or_else(|| crate::stack::shared::DEFAULT_KEY_PREFIX.to_string());
+                if key_prefix.is_empty()
+                    || key_prefix.len() > 64
+                    || !key_prefix.bytes().all(|b| b.is_ascii_graphic())
+                {
+                    self.error(
+                        join(&spath, "key_prefix"),
+                        "must be 1 to 64 printable ASCII characters without spaces",
+                    );
+                    return None;
+                }
                 Some(SharedLimit {
                     redis_url,
                     expected_replicas,
+                    key_prefix,
                 })
             }
             None => None,

@@ -529,6 +529,7 @@ async fn transitions_are_logged_once_and_never_show_the_password() {
             redis.port
         )),
         expected_replicas: 2,
+        key_prefix: "outpost:rl:".into(),
     };
     let rl = rate(1000.0, 1000, Some(shared.clone()));
     let store = SharedStore::new("api", &rl, &shared, "outpost:rl:", None).unwrap();
@@ -564,6 +565,7 @@ async fn a_hung_redis_costs_one_timeout_then_nothing() {
     let shared = SharedLimit {
         redis_url: outpost::config::Secret::new(redis.url()),
         expected_replicas: 2,
+        key_prefix: "outpost:rl:".into(),
     };
     let rl = rate(1000.0, 1000, Some(shared.clone()));
     let store = SharedStore::new("api", &rl, &shared, "outpost:rl:", None).unwrap();
@@ -602,6 +604,7 @@ async fn measure_the_cost_of_the_redis_round_trip() {
     let shared = SharedLimit {
         redis_url: outpost::config::Secret::new(redis.url()),
         expected_replicas: 2,
+        key_prefix: "outpost:rl:".into(),
     };
     // A budget no loop here can exhaust: every admission is immediate, only its cost shows.
     let rl_shared = rate(1e6, 1_000_000, Some(shared.clone()));
@@ -674,4 +677,55 @@ async fn measure_the_cost_of_the_redis_round_trip() {
     );
     shared_proxy.shutdown().await;
     local_proxy.shutdown().await;
+}
+
+/// `shared.key_prefix`: replicas with the same prefix share one budget on a Redis, a
+/// deployment with another prefix keeps its own.
+#[tokio::test]
+async fn key_prefix_separates_budgets_on_one_redis() {
+    let _serial = SERIAL.lock().await;
+    let redis = RedisServer::start(&[]).await;
+    let mock = MockUpstream::start(|_| Reply::text(200, "ok")).await;
+    let config = |prefix: &str| {
+        format!(
+            "upstreams:\n  api:\n    base_url: {}\n    retry: {{ max_attempts: 1 }}\n    \
+             rate_limit: {{ requests_per_minute: 1, burst: 1, max_wait: 0s, \
+             shared: {{ redis_url: \"{}\", key_prefix: \"{prefix}\" }} }}\n",
+            mock.url(""),
+            redis.url()
+        )
+    };
+    let team_a = Proxy::start(&config("team-a:rl:")).await;
+    let team_a_again = Proxy::start(&config("team-a:rl:")).await;
+    let team_b = Proxy::start(&config("team-b:rl:")).await;
+    for p in [&team_a, &team_a_again, &team_b] {
+        wait_degraded(p, 0.0, "connected to redis").await;
+    }
+    assert_eq!(team_a.get("/api/x").await.status, 200);
+    assert_eq!(
+        team_b.get("/api/x").await.status,
+        200,
+        "another prefix draws from another budget"
+    );
+    assert_eq!(
+        team_a_again.get("/api/x").await.status,
+        429,
+        "the same prefix shares the budget"
+    );
+    for key in ["team-a:rl:{api:0}", "team-b:rl:{api:0}"] {
+        assert_eq!(
+            redis_command(redis.port, None, &["EXISTS", key])
+                .await
+                .as_deref(),
+            Some(":1"),
+            "{key}"
+        );
+    }
+    assert_eq!(
+        redis_command(redis.port, None, &["EXISTS", "outpost:rl:{api:0}"])
+            .await
+            .as_deref(),
+        Some(":0"),
+        "the default prefix is not used"
+    );
 }

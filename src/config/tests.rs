@@ -526,3 +526,26 @@ fn redis_url_is_a_secret() {
     let e = one_error("version: 1\nupstreams:\n  api:\n    base_url: https://x.example\n    rate_limit: { requests_per_second: 5, shared: { redis_url: \"http://:pw-CANARY@x\" } }\n");
     assert!(e.contains("redis://") && !e.contains("CANARY"), "{e}");
 }
+
+#[test]
+fn shared_limit_key_prefix_defaults_and_is_checked() {
+    let shared = |extra: &str| {
+        format!("version: 1\nupstreams:\n  api:\n    base_url: https://x.example\n    rate_limit: {{ requests_per_second: 5, shared: {{ redis_url: \"redis://127.0.0.1:6379\"{extra} }} }}\n")
+    };
+    let prefix = |yaml: &str| {
+        load(yaml).unwrap().upstreams[0]
+            .rate_limit
+            .as_ref()
+            .and_then(|r| r.shared.as_ref())
+            .map(|s| s.key_prefix.clone())
+    };
+    assert_eq!(prefix(&shared("")).as_deref(), Some("outpost:rl:"));
+    assert_eq!(
+        prefix(&shared(", key_prefix: \"team-a:rl:\"")).as_deref(),
+        Some("team-a:rl:")
+    );
+    for bad in ["\"\"", "\"has space\"", "\"ünïcode\""] {
+        let e = one_error(&shared(&format!(", key_prefix: {bad}")));
+        assert!(e.contains("key_prefix") && e.contains("5:"), "{e}");
+    }
+}

@@ -461,6 +461,7 @@ mod tests {
         let shared = SharedLimit {
             redis_url: crate::config::Secret::new("redis://127.0.0.1:1"),
             expected_replicas: 2,
+            key_prefix: "outpost:rl:".into(),
         };
         let rl = RateLimit {
             requests: 10.0,

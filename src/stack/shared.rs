@@ -162,7 +162,7 @@ impl SharedStore {
             return Ok(None);
         };
         let gauge = metrics.gauge(RATE_LIMIT_SHARED_DEGRADED);
-        SharedStore::new(&config.name, rl, shared, DEFAULT_KEY_PREFIX, Some(gauge)).map(Some)
+        SharedStore::new(&config.name, rl, shared, &shared.key_prefix, Some(gauge)).map(Some)
     }
 
     /// Connects in the background (when called inside a tokio runtime; otherwise on first use).
@@ -447,6 +447,7 @@ mod tests {
         let shared = SharedLimit {
             redis_url: crate::config::Secret::new("redis://127.0.0.1:1"),
             expected_replicas: 2,
+            key_prefix: "outpost:rl:".into(),
         };
         let store = SharedStore::new("stripe", &rate(10.0, 1), &shared, "p:", None).unwrap();
         let bucket = store.bucket(3);
@@ -462,6 +463,7 @@ mod tests {
         let shared = SharedLimit {
             redis_url: crate::config::Secret::new("redis://user:s3cret@[::1"),
             expected_replicas: 2,
+            key_prefix: "outpost:rl:".into(),
         };
         let err = SharedStore::new("api", &rate(1.0, 1), &shared, "p:", None)
             .err()
@@ -475,6 +477,7 @@ mod tests {
         let shared = SharedLimit {
             redis_url: crate::config::Secret::new("redis://127.0.0.1:1"),
             expected_replicas: 2,
+            key_prefix: "outpost:rl:".into(),
         };
         let gauge_store = SharedStore::new("api", &rate(10.0, 1), &shared, "p:", None).unwrap();
         let bucket = gauge_store.bucket(0);
