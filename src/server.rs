@@ -22,8 +22,7 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
-use hyper_util::server::graceful::Watcher;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
@@ -78,7 +77,7 @@ pub async fn serve_app(
                     let exchange = Exchange::new(&exchanges);
                     let connect = req.method() == Method::CONNECT;
                     let proxy = proxy.clone();
-                    // `serve` is called inside: its (large) future is built in place, not
+                    // `serve` is called inside, so its future is built in place rather than
                     // moved into this one.
                     async move {
                         let Ok(response) = proxy.serve(req).await;
