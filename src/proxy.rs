@@ -5,10 +5,12 @@
 //! changes the upstream under a request in flight.
 
 use std::convert::Infallible;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Limited};
@@ -93,22 +95,29 @@ impl RequestIds {
         )
     }
 
-    fn for_request<B>(&self, req: &Request<B>) -> String {
-        if let Some(id) = req
-            .headers()
-            .get(&X_REQUEST_ID)
-            .and_then(|v| v.to_str().ok())
-        {
-            if !id.is_empty()
-                && id.len() <= 128
-                && id
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+    /// The request's id as the `x-request-id` value it is answered with: the application's own
+    /// when sane (no copy), else a new one (one allocation, no re-validation).
+    fn for_request<B>(&self, req: &Request<B>) -> HeaderValue {
+        if let Some(id) = req.headers().get(&X_REQUEST_ID) {
+            let bytes = id.as_bytes();
+            if !bytes.is_empty()
+                && bytes.len() <= 128
+                && bytes
+                    .iter()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
             {
-                return id.to_string();
+                return id.clone();
             }
         }
-        self.next()
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let hex_digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        // Exactly sized, so `Bytes::from` takes the buffer as is.
+        let mut id = Vec::with_capacity(self.prefix.len() + 1 + hex_digits);
+        id.extend_from_slice(self.prefix.as_bytes());
+        id.push(b'-');
+        let _ = write!(id, "{n:x}");
+        HeaderValue::from_maybe_shared(Bytes::from(id))
+            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 }
 
@@ -131,7 +140,9 @@ impl Proxy {
     pub async fn handle(&self, mut req: Request<Incoming>) -> Response<BoxBody> {
         let start = Instant::now();
         let generation = self.state.load_full();
-        let request_id = self.ids.for_request(&req);
+        let request_id_value = self.ids.for_request(&req);
+        // Only ASCII letters, digits and `-_.:` get here (see `for_request`).
+        let request_id = request_id_value.to_str().unwrap_or_default();
         let method = req.method().clone();
         let uri = req.uri().clone();
         // May the application send this again? (Outpost's own auto key is invisible to it.)
@@ -148,7 +159,7 @@ impl Proxy {
             generation
                 .router
                 .route(host, uri.path())
-                .map(|r| (r.index, r.rest.to_string()))
+                .map(|r| (r.index, r.rest))
         });
         let (stack, rest_path) = match routed {
             Ok((index, rest)) => (generation.upstreams[index].clone(), rest),
@@ -158,7 +169,7 @@ impl Proxy {
                     None,
                     &method,
                     uri.path(),
-                    &request_id,
+                    request_id_value,
                     start,
                     0,
                     request_safe,
@@ -186,13 +197,15 @@ impl Proxy {
                     None => req.map(|b| b.map_err(Into::into).boxed_unsync()),
                 };
                 stack
-                    .call(Outbound {
-                        request,
-                        rest_path,
-                        upgrade,
-                        body_limit: limit,
-                        request_id: request_id.clone(),
-                    })
+                    .call(
+                        Outbound {
+                            request,
+                            rest_path,
+                            upgrade,
+                            body_limit: limit,
+                        },
+                        request_id,
+                    )
                     .await
             }
         };
@@ -202,7 +215,7 @@ impl Proxy {
             Some(&stack),
             &method,
             uri.path(),
-            &request_id,
+            request_id_value,
             start,
             attempts,
             request_safe,
@@ -217,20 +230,16 @@ impl Proxy {
         stack: Option<&UpstreamStack>,
         method: &Method,
         path: &str,
-        request_id: &str,
+        request_id_value: HeaderValue,
         start: Instant,
         attempts: u32,
         request_safe: bool,
         result: Result<Response<BoxBody>, ProxyError>,
     ) -> Response<BoxBody> {
+        let request_id = request_id_value.to_str().unwrap_or_default();
         let upstream = stack.map(|s| s.config.name.as_str());
-        let response = match result {
-            Ok(mut response) => {
-                if let Ok(id) = HeaderValue::from_str(request_id) {
-                    response.headers_mut().entry(&X_REQUEST_ID).or_insert(id);
-                }
-                response
-            }
+        let mut response = match result {
+            Ok(response) => response,
             Err(err) => {
                 let level_error = err.status().is_server_error();
                 let cause = crate::error::chain(&err);
@@ -257,6 +266,10 @@ impl Proxy {
             duration: elapsed,
         });
         response
+            .headers_mut()
+            .entry(&X_REQUEST_ID)
+            .or_insert(request_id_value);
+        response
     }
 }
 
@@ -274,4 +287,44 @@ fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
         ));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request(id: Option<&str>) -> Request<()> {
+        let mut req = Request::new(());
+        if let Some(id) = id {
+            req.headers_mut()
+                .insert(&X_REQUEST_ID, HeaderValue::from_str(id).unwrap());
+        }
+        req
+    }
+
+    #[test]
+    fn request_ids_keep_a_sane_application_id_and_replace_the_rest() {
+        let ids = RequestIds::default();
+        assert_eq!(
+            ids.for_request(&request(Some("app-1.2:x_y"))),
+            "app-1.2:x_y"
+        );
+        let first = ids.for_request(&request(None));
+        let second = ids.for_request(&request(Some("has space")));
+        let third = ids.for_request(&request(Some(&"x".repeat(129))));
+        let prefix = &ids.prefix;
+        assert_eq!(first, format!("{prefix}-1").as_str());
+        assert_eq!(second, format!("{prefix}-2").as_str());
+        assert_eq!(third, format!("{prefix}-3").as_str());
+        ids.next.store(0xabc_def0_1234, Ordering::Relaxed);
+        assert_eq!(
+            ids.for_request(&request(None)),
+            format!("{prefix}-abcdef01234").as_str()
+        );
+        ids.next.store(u64::MAX, Ordering::Relaxed);
+        assert_eq!(
+            ids.for_request(&request(None)),
+            format!("{prefix}-ffffffffffffffff").as_str()
+        );
+    }
 }

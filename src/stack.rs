@@ -28,7 +28,7 @@ use std::time::{Duration, SystemTime};
 
 use http::header::HeaderValue;
 use http::request::Parts;
-use http::{Request, Response, StatusCode};
+use http::{Request, Response, StatusCode, Uri};
 use hyper::upgrade::OnUpgrade;
 use hyper_util::rt::TokioIo;
 use metrics::{Counter, Gauge};
@@ -51,16 +51,14 @@ use crate::metrics::{
 const MAX_UPSTREAM_PAUSE: Duration = Duration::from_secs(3600);
 
 /// The request as it leaves the application, with the routing result.
-pub struct Outbound {
+pub struct Outbound<'a> {
     pub request: Request<BoxBody>,
     /// Path after the route prefix (empty or starting with `/`), query not included.
-    pub rest_path: String,
+    pub rest_path: &'a str,
     /// The server side of an `Upgrade` handshake, when the application asked for one.
     pub upgrade: Option<OnUpgrade>,
     /// `limits.max_body_bytes`, when the body is wrapped in a limit.
     pub body_limit: Option<u64>,
-    /// For normalized error bodies.
-    pub request_id: String,
 }
 
 /// One key of the credential pool (a single slot when there is no pool).
@@ -263,7 +261,11 @@ impl UpstreamStack {
     }
 
     /// Forward one request. Returns the response and the number of attempts sent upstream.
-    pub async fn call(&self, outbound: Outbound) -> (Result<Response<BoxBody>, ProxyError>, u32) {
+    pub async fn call(
+        &self,
+        outbound: Outbound<'_>,
+        request_id: &str,
+    ) -> (Result<Response<BoxBody>, ProxyError>, u32) {
         let deadline = Instant::now() + self.config.timeout;
         let permit = match &self.breaker {
             Some(breaker) => match breaker.allow() {
@@ -280,7 +282,6 @@ impl UpstreamStack {
             },
             None => None,
         };
-        let request_id = outbound.request_id.clone();
         let mut attempts = 0;
         // Set while an attempt is on the wire, so a total timeout during a backoff sleep or a
         // limiter wait is not counted as a timed-out attempt.
@@ -313,7 +314,7 @@ impl UpstreamStack {
                 Ok(normalize::normalize(
                     response,
                     &self.config.name,
-                    &request_id,
+                    request_id,
                     self.config.provider,
                 )
                 .await)
@@ -392,7 +393,7 @@ impl UpstreamStack {
     /// The retry loop: prepare once, then attempt until success, a final answer or no budget.
     async fn forward(
         &self,
-        outbound: Outbound,
+        outbound: Outbound<'_>,
         deadline: Instant,
         attempts: &mut u32,
         sending: &AtomicBool,
@@ -405,7 +406,7 @@ impl UpstreamStack {
             ..
         } = outbound;
         let (mut parts, body) = request.into_parts();
-        let path_and_query = self.prepare(&mut parts, &rest_path, upgrade.is_some())?;
+        let path_and_query = self.prepare(&mut parts, rest_path, upgrade.is_some())?;
         // Outbound webhook signing (standard_webhooks, hmac_signature): once per logical request.
         let body =
             crate::webhook::sign::sign_request(&self.config, &mut parts.headers, body).await?;
@@ -428,6 +429,11 @@ impl UpstreamStack {
             None => None,
         };
         self.retry.deposit();
+        // The same URI for every attempt, unless a pooled query-parameter key changes it.
+        let fixed_uri = match &self.credentials {
+            Some(credentials) if credentials.edits_query() => None,
+            _ => Some(self.upstream_uri(&path_and_query)?),
+        };
 
         let mut retries = 0u32;
         let mut auth_refreshed = false;
@@ -442,7 +448,13 @@ impl UpstreamStack {
                 return Err(ProxyError::BadRequest("request body cannot be sent again"));
             };
             *attempts += 1;
-            let mut request = self.build_request(&parts, &path_and_query, key, attempt_body)?;
+            let mut request = self.build_request(
+                &parts,
+                &path_and_query,
+                fixed_uri.as_ref(),
+                key,
+                attempt_body,
+            )?;
             self.authorize(&mut request, token.as_deref(), payload.as_ref())?;
             sending.store(true, Ordering::Relaxed);
             let outcome = self.send(request, upgrade.take(), body_limit).await;
@@ -611,20 +623,32 @@ impl UpstreamStack {
     }
 
     /// The attempt's request: shared parts, the credential of pool key `key`, and the body.
+    /// `uri` is the upstream URI when it is the same for every attempt (no query-parameter
+    /// credential), built once by the caller.
     fn build_request(
         &self,
         parts: &Parts,
         path_and_query: &str,
+        uri: Option<&Uri>,
         key: usize,
         body: BoxBody,
     ) -> Result<Request<BoxBody>, ProxyError> {
         let mut headers = parts.headers.clone();
-        let mut path_and_query = path_and_query.to_string();
-        if let Some(credentials) = &self.credentials {
-            credentials.apply(key, &mut headers, &mut path_and_query);
-        }
-        let uri = upstream_uri(&self.config.base_url, &path_and_query)
-            .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))?;
+        let uri = match uri {
+            Some(uri) => {
+                if let Some(credentials) = &self.credentials {
+                    credentials.apply(key, &mut headers, &mut String::new());
+                }
+                uri.clone()
+            }
+            None => {
+                let mut path_and_query = path_and_query.to_string();
+                if let Some(credentials) = &self.credentials {
+                    credentials.apply(key, &mut headers, &mut path_and_query);
+                }
+                self.upstream_uri(&path_and_query)?
+            }
+        };
         let mut request = Request::new(body);
         *request.method_mut() = parts.method.clone();
         *request.uri_mut() = uri;
@@ -632,6 +656,11 @@ impl UpstreamStack {
         *request.version_mut() = http::Version::HTTP_11;
         *request.headers_mut() = headers;
         Ok(request)
+    }
+
+    fn upstream_uri(&self, path_and_query: &str) -> Result<Uri, ProxyError> {
+        upstream_uri(&self.config.base_url, path_and_query)
+            .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))
     }
 
     /// Per-attempt credentials: the OAuth2 token, then the SigV4 signature, last, over the

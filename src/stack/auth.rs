@@ -116,6 +116,11 @@ impl Credentials {
     }
 
     /// Put key `index` of the pool on the request. `path_and_query` is rewritten for query auth.
+    /// True when the credential is a query parameter (it changes the request's URI).
+    pub fn edits_query(&self) -> bool {
+        matches!(self.inject, Inject::Query { .. })
+    }
+
     pub fn apply(&self, index: usize, headers: &mut HeaderMap, path_and_query: &mut String) {
         match &self.inject {
             Inject::Header { name, values } => {

@@ -1146,20 +1146,50 @@ impl Binary {
     }
 
     /// As [`Binary::start`], in a dir the caller prepared (e.g. with secret files).
+    /// The free ports are found by binding and releasing them, so another process can take
+    /// one before Outpost binds it: then Outpost exits with "address in use" and this retries
+    /// on new ports.
     pub async fn start_in(dir: TempDir, yaml: &str, env: &[(&str, &str)]) -> Binary {
-        let (text, ports) = binary_config(yaml);
-        let config_path = dir.write("proxy.yaml", text);
-        let args = [
-            "run".to_string(),
-            "-c".to_string(),
-            config_path.display().to_string(),
-        ];
-        Self::launch(dir, config_path, &args, env, ports).await
+        let mut dir = Some(dir);
+        for attempt in 1.. {
+            let (text, ports) = binary_config(yaml);
+            let here = dir.take().expect("dir");
+            let config_path = here.write("proxy.yaml", text);
+            let args = [
+                "run".to_string(),
+                "-c".to_string(),
+                config_path.display().to_string(),
+            ];
+            let mut binary = Self::spawn(here, config_path, &args, env, ports);
+            match binary.wait_ready_or_exit().await {
+                Ok(()) => return binary,
+                Err(stderr) if attempt < 5 && stderr.contains("in use") => {
+                    dir = Some(std::mem::replace(
+                        &mut binary.dir,
+                        TempDir::new("bin-retry"),
+                    ));
+                }
+                Err(stderr) => panic!("outpost exited early; stderr:\n{stderr}"),
+            }
+        }
+        unreachable!()
     }
 
     /// Spawn `outpost ARGS` (the config already written) and wait until it is ready.
     /// `OUTPOST_CONFIG` is removed from the environment unless `env` sets it.
     pub async fn launch(
+        dir: TempDir,
+        config_path: PathBuf,
+        args: &[String],
+        env: &[(&str, &str)],
+        ports: Ports,
+    ) -> Binary {
+        let mut binary = Self::spawn(dir, config_path, args, env, ports);
+        binary.wait_ready().await;
+        binary
+    }
+
+    fn spawn(
         dir: TempDir,
         config_path: PathBuf,
         args: &[String],
@@ -1184,7 +1214,7 @@ impl Binary {
         let stderr = Captured::default();
         stdout.spawn_reader(child.stdout.take().unwrap());
         stderr.spawn_reader(child.stderr.take().unwrap());
-        let mut binary = Binary {
+        Binary {
             child,
             app_addr: SocketAddr::from(([127, 0, 0, 1], ports.app)),
             admin_addr: SocketAddr::from(([127, 0, 0, 1], ports.admin)),
@@ -1192,39 +1222,53 @@ impl Binary {
             stderr,
             dir,
             config_path,
-        };
-        binary.wait_ready().await;
-        binary
+        }
     }
 
     /// Poll `/readyz` every 20 ms until it answers 200 (hang guard: [`GUARD`]).
     pub async fn wait_ready(&mut self) {
+        if let Err(stderr) = self.wait_ready_or_exit().await {
+            panic!("outpost exited early; stderr:\n{stderr}");
+        }
+    }
+
+    /// As [`Binary::wait_ready`]; `Err(stderr)` when the process exits first.
+    async fn wait_ready_or_exit(&mut self) -> Result<(), String> {
         let client = http1_client();
         let url = format!("http://{}/readyz", self.admin_addr);
         let poll = async {
             loop {
                 if let Ok(Some(status)) = self.child.try_wait() {
-                    panic!(
-                        "outpost exited early with {status}; stderr:\n{}",
-                        self.stderr.text()
-                    );
+                    // Let the reader drain what the process wrote before it exited.
+                    let stderr = guard("stderr of an exited outpost", async {
+                        loop {
+                            let text = self.stderr.text();
+                            if !text.is_empty() {
+                                return text;
+                            }
+                            tokio::time::sleep(Duration::from_millis(10)).await;
+                        }
+                    })
+                    .await;
+                    return Err(format!("exit status {status}\n{stderr}"));
                 }
                 let req = Request::get(&url).body(empty()).unwrap();
                 if let Ok(Ok(response)) =
                     tokio::time::timeout(Duration::from_secs(1), client.request(req)).await
                 {
                     if response.status() == StatusCode::OK {
-                        return;
+                        return Ok(());
                     }
                 }
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
         };
-        if tokio::time::timeout(GUARD, poll).await.is_err() {
-            panic!(
+        match tokio::time::timeout(GUARD, poll).await {
+            Ok(result) => result,
+            Err(_) => panic!(
                 "outpost did not become ready within {GUARD:?}; stderr:\n{}",
                 self.stderr.text()
-            );
+            ),
         }
     }
 
