@@ -93,12 +93,10 @@ impl App {
         // Bound before anything is spawned, so a bind failure leaves nothing running.
         let webhooks = WebhookServer::start(&config, &metrics, stopped(stop.subscribe())).await?;
         let (admin_stop, admin_stop_rx) = watch::channel(false);
-        let ids = Arc::new(RequestIds::default());
-        let proxy = Proxy::new(state.clone(), ids.clone());
+        let proxy = Proxy::new(state.clone(), Arc::new(RequestIds::default()));
         let app_task = tokio::spawn(serve_app(
             app_listener,
             proxy,
-            ids,
             config.limits.clone(),
             config.drain_timeout,
             stopped(stop_rx),

@@ -224,7 +224,12 @@ impl UpstreamMetrics {
 
     /// `outpost_requests_total{upstream,method,status}`; handles are cached per (method, status).
     pub fn request(&self, method: &Method, status: u16) {
-        let method = method_label(method);
+        self.request_labelled(method_label(method), status);
+    }
+
+    /// [`UpstreamMetrics::request`] with the method label given (`OTHER` when no method could
+    /// be read, as for a request head refused before parsing).
+    pub fn request_labelled(&self, method: &'static str, status: u16) {
         let cached = self
             .requests
             .read()

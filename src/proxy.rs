@@ -87,12 +87,21 @@ impl Default for RequestIds {
 }
 
 impl RequestIds {
+    /// A new id, `{prefix}-{counter in hex}`.
     pub fn next(&self) -> String {
-        format!(
-            "{}-{:x}",
-            self.prefix,
-            self.next.fetch_add(1, Ordering::Relaxed)
-        )
+        String::from_utf8(self.next_bytes()).unwrap_or_default()
+    }
+
+    /// [`RequestIds::next`] as bytes, in a buffer of exactly its length (so `Bytes::from` and
+    /// `String::from_utf8` take it without copying).
+    fn next_bytes(&self) -> Vec<u8> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let hex_digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+        let mut id = Vec::with_capacity(self.prefix.len() + 1 + hex_digits);
+        id.extend_from_slice(self.prefix.as_bytes());
+        id.push(b'-');
+        let _ = write!(id, "{n:x}");
+        id
     }
 
     /// The request's id as the `x-request-id` value it is answered with: the application's own
@@ -109,14 +118,7 @@ impl RequestIds {
                 return id.clone();
             }
         }
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let hex_digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
-        // Exactly sized, so `Bytes::from` takes the buffer as is.
-        let mut id = Vec::with_capacity(self.prefix.len() + 1 + hex_digits);
-        id.extend_from_slice(self.prefix.as_bytes());
-        id.push(b'-');
-        let _ = write!(id, "{n:x}");
-        HeaderValue::from_maybe_shared(Bytes::from(id))
+        HeaderValue::from_maybe_shared(Bytes::from(self.next_bytes()))
             .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
     }
 }
@@ -131,6 +133,14 @@ pub struct Proxy {
 impl Proxy {
     pub fn new(state: Arc<ArcSwap<Generation>>, ids: Arc<RequestIds>) -> Self {
         Proxy { state, ids }
+    }
+
+    /// Account for a request head the listener refused before hyper saw it (400/408/431
+    /// written by `server.rs`): counted under the `unknown` upstream, method `OTHER`. Returns
+    /// the request id to answer with.
+    pub fn refused(&self, status: u16) -> String {
+        self.state.load().unknown.request_labelled("OTHER", status);
+        self.ids.next()
     }
 
     pub async fn serve(self, req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {

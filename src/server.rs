@@ -29,7 +29,7 @@ use tokio::sync::Semaphore;
 
 use crate::config::Limits;
 use crate::error::{ErrorBody, ProxyError};
-use crate::proxy::{Proxy, RequestIds};
+use crate::proxy::Proxy;
 use framing::{Answer, Exchange, First, Framed, Refusal};
 
 /// How long a kept-alive connection may sit idle (or trickle its next request's headers).
@@ -46,7 +46,6 @@ const LINGER_BYTES: usize = 1 << 20;
 pub async fn serve_app(
     listener: TcpListener,
     proxy: Proxy,
-    ids: Arc<RequestIds>,
     limits: Limits,
     drain_timeout: Duration,
     shutdown: impl Future<Output = ()>,
@@ -63,16 +62,16 @@ pub async fn serve_app(
         move |stream, watcher| {
             let builder = builder.clone();
             let proxy = proxy.clone();
-            let ids = ids.clone();
             let limits = limits.clone();
             async move {
                 let mut io =
                     Framed::new(stream, limits.max_header_bytes, limits.header_read_timeout);
-                if !first_head(&mut io, &limits, &ids).await {
+                if !first_head(&mut io, &limits, &proxy).await {
                     return;
                 }
                 let shared = io.shared();
                 let exchanges = shared.clone();
+                let refusals = proxy.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let exchange = Exchange::new(&exchanges);
                     let connect = req.method() == Method::CONNECT;
@@ -97,7 +96,7 @@ pub async fn serve_app(
                 }
                 // hyper has answered every request before a refused one and let go of the socket.
                 if let Some((stream, refusal)) = shared.take_handback() {
-                    answer_refusal(stream, refusal, &limits, &ids).await;
+                    answer_refusal(stream, refusal, &limits, &refusals).await;
                 }
             }
         },
@@ -180,7 +179,7 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Read and check the first request head (within `limits.header_read_timeout`); answer
 /// 408/431/400 right away when it is bad. `true`: serve the connection.
-async fn first_head(io: &mut Framed<TcpStream>, limits: &Limits, ids: &RequestIds) -> bool {
+async fn first_head(io: &mut Framed<TcpStream>, limits: &Limits, proxy: &Proxy) -> bool {
     let refusal = match tokio::time::timeout(limits.header_read_timeout, io.first_head()).await {
         Ok(Ok(First::Serve)) => return true,
         Ok(Ok(First::Closed)) | Ok(Err(_)) => return false,
@@ -189,7 +188,7 @@ async fn first_head(io: &mut Framed<TcpStream>, limits: &Limits, ids: &RequestId
         Err(_) => Refusal::Timeout,
     };
     if let Some(stream) = io.take_io() {
-        answer_refusal(stream, refusal, limits, ids).await;
+        answer_refusal(stream, refusal, limits, proxy).await;
     }
     false
 }
@@ -199,7 +198,7 @@ async fn answer_refusal<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     refusal: Refusal,
     limits: &Limits,
-    ids: &RequestIds,
+    proxy: &Proxy,
 ) {
     let error = match refusal {
         Refusal::Timeout => ProxyError::HeaderTimeout,
@@ -208,7 +207,7 @@ async fn answer_refusal<S: AsyncRead + AsyncWrite + Unpin>(
         },
         Refusal::Bad(reason) => ProxyError::BadRequest(reason),
     };
-    let request_id = ids.next();
+    let request_id = proxy.refused(error.status().as_u16());
     tracing::info!(target: "outpost::access", request_id, upstream = crate::metrics::NO_UPSTREAM, status = error.status().as_u16(), error = %error, "connection refused before routing");
     if write_raw_error(&mut stream, &error, &request_id)
         .await

@@ -990,3 +990,38 @@ async fn malformed_requests_get_the_json_error() {
         failures.join("\n")
     );
 }
+
+/// Heads the listener refuses itself (before hyper) are answered requests too: they count in
+/// `outpost_requests_total` under the `unknown` upstream, method `OTHER` (no method was read).
+#[tokio::test]
+async fn refused_heads_are_counted_in_requests_total() {
+    let (_stripe, _sendgrid, proxy) = two_upstreams().await;
+    // A bad first head.
+    let mut first = RawConn::connect(proxy.addr).await;
+    first
+        .write(
+            b"POST /stripe/a HTTP/1.1\r\nHost: x\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+        )
+        .await;
+    assert_eq!(first.read_response().await.status, 400);
+    // A bad later head on a kept-alive connection.
+    let mut later = RawConn::connect(proxy.addr).await;
+    later
+        .write(b"GET /stripe/ok HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await;
+    assert_eq!(later.read_response().await.status, 200);
+    later
+        .write(
+            b"POST /stripe/b HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\
+              Content-Length: 3\r\n\r\n0\r\n\r\n",
+        )
+        .await;
+    assert_eq!(later.read_response().await.status, 400);
+    let metrics = proxy.metrics();
+    assert!(
+        metrics.contains(
+            r#"outpost_requests_total{upstream="unknown",method="OTHER",status="400"} 2"#
+        ),
+        "{metrics}"
+    );
+}
