@@ -214,7 +214,8 @@ impl Endpoint {
                 Ok(response) => return Ok(response),
                 Err(mut e) => match e.take_message() {
                     Some(mut unsent) if !fresh => {
-                        // HTTP/1 needs the absolute URI back for the retry's bookkeeping.
+                        // The HTTP/1 attempt made the URI origin-form; the fresh connection
+                        // may turn out to be HTTP/2, which needs it absolute again.
                         if unsent.uri().scheme().is_none() {
                             let mut parts = self.target.clone().into_parts();
                             parts.path_and_query = unsent.uri().path_and_query().cloned();
@@ -244,16 +245,22 @@ impl Endpoint {
             reuse: reusable.then(|| (self.clone(), sender)),
         };
         if body.inner.is_end_stream() {
-            body.release();
+            if let Some((endpoint, sender)) = body.reuse.take() {
+                release(endpoint, sender);
+            }
         }
         Response::from_parts(parts, body)
     }
 
     /// A ready connection: the shared HTTP/2 one, else the most recently used idle HTTP/1.1.
     fn checkout(&self) -> Option<Conn> {
-        if let Some(sender) = self.h2().as_ref() {
-            if !sender.is_closed() {
-                return Some(Conn::H2(sender.clone()));
+        // Only an origin known to speak HTTP/2 has a shared connection: HTTP/1.1 origins skip
+        // that lock.
+        if self.speaks_h2.load(Ordering::Relaxed) {
+            if let Some(sender) = self.h2().as_ref() {
+                if !sender.is_closed() {
+                    return Some(Conn::H2(sender.clone()));
+                }
             }
         }
         let mut idle = self.idle();
@@ -355,14 +362,6 @@ pin_project_lite::pin_project! {
         #[pin]
         inner: Incoming,
         reuse: Option<(Arc<Endpoint>, http1::SendRequest<BoxBody>)>,
-    }
-}
-
-impl PooledBody {
-    fn release(&mut self) {
-        if let Some((endpoint, sender)) = self.reuse.take() {
-            release(endpoint, sender);
-        }
     }
 }
 
