@@ -205,6 +205,20 @@ async fn post(
     }
 }
 
+/// The headers a provider sends for `body` (no delivery id, no URL).
+fn signed(spec: &Spec, body: &[u8], timestamp: i64) -> Vec<(String, String)> {
+    provider_headers(
+        spec,
+        &SignInput {
+            body,
+            timestamp,
+            id: None,
+            url: None,
+        },
+    )
+    .unwrap()
+}
+
 fn pairs(lines: &[(String, String)]) -> Vec<(String, String)> {
     lines.to_vec()
 }
@@ -486,16 +500,7 @@ fn official_sdk_fixtures_verify_and_tampering_fails() {
         if let Some(private) = case["private_key"].as_str() {
             let (mut spec, _) = fixture_spec(case, private);
             spec.scheme = WebhookScheme::Sendgrid;
-            let lines = provider_headers(
-                &spec,
-                &SignInput {
-                    body,
-                    timestamp: ts,
-                    id: None,
-                    url: None,
-                },
-            )
-            .unwrap();
+            let lines = signed(&spec, body, ts);
             let h: HeaderMap = lines
                 .iter()
                 .map(|(k, v)| {
@@ -743,16 +748,7 @@ async fn secret_file_with_trailing_newline_and_rotation() {
     let mut spec = Spec::new(WebhookScheme::Hmac, vec![Secret::new("file-secret")]);
     spec.header = Some(HeaderName::from_static("x-sig"));
     let body = b"{\"rotated\":true}";
-    let lines = provider_headers(
-        &spec,
-        &SignInput {
-            body,
-            timestamp: 0,
-            id: None,
-            url: None,
-        },
-    )
-    .unwrap();
+    let lines = signed(&spec, body, 0);
     let a = post(addr, "/partner", &pairs(&lines), body).await;
     assert_eq!(a.status, 200, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(&app_server.next().await.body[..], body);
@@ -761,16 +757,7 @@ async fn secret_file_with_trailing_newline_and_rotation() {
     std::fs::write(&file, "rotated-secret\n").unwrap();
     assert!(outpost.reload(), "reload with the rotated secret file");
     let body2 = b"{\"rotated\":2}";
-    let old = provider_headers(
-        &spec,
-        &SignInput {
-            body: body2,
-            timestamp: 0,
-            id: None,
-            url: None,
-        },
-    )
-    .unwrap();
+    let old = signed(&spec, body2, 0);
     assert_rejected(
         &post(addr, "/partner", &old, body2).await,
         401,
@@ -778,16 +765,7 @@ async fn secret_file_with_trailing_newline_and_rotation() {
         "old file secret",
     );
     spec.secrets = vec![Secret::new("rotated-secret")];
-    let new = provider_headers(
-        &spec,
-        &SignInput {
-            body: body2,
-            timestamp: 0,
-            id: None,
-            url: None,
-        },
-    )
-    .unwrap();
+    let new = signed(&spec, body2, 0);
     assert_eq!(post(addr, "/partner", &new, body2).await.status, 200);
     assert_eq!(&app_server.next().await.body[..], body2);
     outpost.shutdown().await;
@@ -841,16 +819,7 @@ async fn a_reload_that_adds_the_first_webhook_starts_the_receiver() {
     let mut spec = Spec::new(WebhookScheme::Hmac, vec![Secret::new("added-secret")]);
     spec.header = Some(HeaderName::from_static("x-sig"));
     let body = b"{\"added\":true}";
-    let lines = provider_headers(
-        &spec,
-        &SignInput {
-            body,
-            timestamp: 0,
-            id: None,
-            url: None,
-        },
-    )
-    .unwrap();
+    let lines = signed(&spec, body, 0);
     let answer = post(addr, "/partner", &pairs(&lines), body).await;
     assert_eq!(
         answer.status,
@@ -987,16 +956,7 @@ async fn too_large_unknown_path_and_query_forwarding() {
     let addr = whaddr(&outpost);
     let spec = Spec::new(WebhookScheme::Github, vec![Secret::new("s")]);
     let big = vec![b'a'; 65];
-    let lines = provider_headers(
-        &spec,
-        &SignInput {
-            body: &big,
-            timestamp: 0,
-            id: None,
-            url: None,
-        },
-    )
-    .unwrap();
+    let lines = signed(&spec, &big, 0);
     assert_rejected(
         &post(addr, "/small", &lines, &big).await,
         413,
@@ -1486,16 +1446,7 @@ async fn no_secret_or_body_in_logs_errors_or_metrics() {
     let addr = whaddr(&outpost);
     let body = format!("{{\"id\":\"{BODY_MARK}\"}}");
     let spec = Spec::new(WebhookScheme::Stripe, vec![Secret::new(SECRET)]);
-    let good = provider_headers(
-        &spec,
-        &SignInput {
-            body: body.as_bytes(),
-            timestamp: now_unix(),
-            id: None,
-            url: None,
-        },
-    )
-    .unwrap();
+    let good = signed(&spec, body.as_bytes(), now_unix());
     let signature = good[0].1.clone();
 
     let mut answers = Vec::new();
@@ -1520,16 +1471,7 @@ async fn no_secret_or_body_in_logs_errors_or_metrics() {
         .await,
     );
     app_server.status.store(503, Ordering::SeqCst);
-    let spec_new = provider_headers(
-        &spec,
-        &SignInput {
-            body: b"{\"id\":\"BODYMARKER-4242 2\"}",
-            timestamp: now_unix(),
-            id: None,
-            url: None,
-        },
-    )
-    .unwrap();
+    let spec_new = signed(&spec, b"{\"id\":\"BODYMARKER-4242 2\"}", now_unix());
     answers.push(post(addr, "/leak", &spec_new, b"{\"id\":\"BODYMARKER-4242 2\"}").await);
     let metrics_text = outpost.metrics.render();
     outpost.shutdown().await;
