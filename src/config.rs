@@ -1014,7 +1014,7 @@ impl Validator {
             None => None,
         };
         if let Some(auth) = &auth {
-            if let Err(e) = crate::webhook::sign::check_auth(auth) {
+            if let Err(e) = crate::stack::sign::check_auth(auth) {
                 self.error(join(&join(path, "auth"), "secret"), e);
             }
         }

@@ -15,6 +15,12 @@ use crate::body::{full, BoxBody, BoxError};
 pub static X_OUTPOST_ERROR: HeaderName = HeaderName::from_static("x-outpost-error");
 pub static X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
+/// nginx's "client closed request": the status logged and counted for a request the
+/// application abandoned (it never receives it).
+pub fn client_closed_request() -> StatusCode {
+    StatusCode::from_u16(499).unwrap_or(StatusCode::BAD_REQUEST)
+}
+
 /// How an attempt to reach the upstream failed (the `outcome` label of attempt metrics).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum FailureKind {
@@ -45,6 +51,13 @@ pub enum ProxyError {
     PayloadTooLarge { limit: u64 },
     #[error("client did not send the request headers in time")]
     HeaderTimeout,
+    /// The application stopped sending its request body (an attempt timed out waiting for it).
+    #[error("client did not send the request body in time")]
+    BodyTimeout,
+    /// The application went away before its request was complete (nginx's 499): logged and
+    /// counted, never seen by anyone.
+    #[error("client closed the connection before the request was complete")]
+    ClientClosed,
     #[error("request header section is larger than the {limit} byte limit")]
     HeadersTooLarge { limit: usize },
     #[error("{upstream}: local rate limit exceeded")]
@@ -90,7 +103,8 @@ impl ProxyError {
             ProxyError::UnknownUpstream => "unknown_upstream",
             ProxyError::BadRequest(_) => "bad_request",
             ProxyError::PayloadTooLarge { .. } => "payload_too_large",
-            ProxyError::HeaderTimeout => "request_timeout",
+            ProxyError::HeaderTimeout | ProxyError::BodyTimeout => "request_timeout",
+            ProxyError::ClientClosed => "client_closed_request",
             ProxyError::HeadersTooLarge { .. } => "request_header_fields_too_large",
             ProxyError::RateLimited { .. } | ProxyError::UpstreamRateLimited { .. } => {
                 "rate_limited"
@@ -107,7 +121,8 @@ impl ProxyError {
             ProxyError::UnknownUpstream => StatusCode::NOT_FOUND,
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            ProxyError::HeaderTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::HeaderTimeout | ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ProxyError::ClientClosed => client_closed_request(),
             ProxyError::HeadersTooLarge { .. } => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::RateLimited { .. } | ProxyError::UpstreamRateLimited { .. } => {
                 StatusCode::TOO_MANY_REQUESTS

@@ -6,7 +6,7 @@
 
 use std::convert::Infallible;
 use std::io::Write as _;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
@@ -187,7 +187,9 @@ impl Proxy {
                 );
             }
         };
-        stack.metrics.in_flight.increment(1.0);
+        // From here on the request is accounted for however it ends, the application going
+        // away (hyper dropping this future) included.
+        let pending = Pending::new(&stack, &method, uri.path(), &request_id_value, start);
 
         let limit = generation.limits().max_body_bytes;
         let declared = req
@@ -195,10 +197,8 @@ impl Proxy {
             .get(CONTENT_LENGTH)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse::<u64>().ok());
-        let (result, attempts) = match (limit, declared) {
-            (Some(limit), Some(len)) if len > limit => {
-                (Err(ProxyError::PayloadTooLarge { limit }), 0)
-            }
+        let result = match (limit, declared) {
+            (Some(limit), Some(len)) if len > limit => Err(ProxyError::PayloadTooLarge { limit }),
             _ => {
                 let upgrade = (req.version() == Version::HTTP_11 && wants_upgrade(req.headers()))
                     .then(|| hyper::upgrade::on(&mut req));
@@ -215,11 +215,12 @@ impl Proxy {
                             body_limit: limit,
                         },
                         request_id,
+                        &pending.attempts,
                     )
                     .await
             }
         };
-        stack.metrics.in_flight.decrement(1.0);
+        let attempts = pending.answered();
         self.finish(
             &generation,
             Some(&stack),
@@ -280,6 +281,72 @@ impl Proxy {
             .entry(&X_REQUEST_ID)
             .or_insert(request_id_value);
         response
+    }
+}
+
+/// A routed request in flight: holds the in-flight gauge, counts attempts, and when dropped
+/// before [`Pending::answered`] (the application closed the connection or reset the stream)
+/// writes the access line and counts the request with status `499`, nginx's "client closed
+/// request".
+struct Pending<'a> {
+    stack: &'a UpstreamStack,
+    method: &'a Method,
+    path: &'a str,
+    request_id: &'a HeaderValue,
+    start: Instant,
+    attempts: AtomicU32,
+    answered: bool,
+}
+
+impl<'a> Pending<'a> {
+    fn new(
+        stack: &'a UpstreamStack,
+        method: &'a Method,
+        path: &'a str,
+        request_id: &'a HeaderValue,
+        start: Instant,
+    ) -> Self {
+        stack.metrics.in_flight.increment(1.0);
+        Pending {
+            stack,
+            method,
+            path,
+            request_id,
+            start,
+            attempts: AtomicU32::new(0),
+            answered: false,
+        }
+    }
+
+    /// The stack answered: the caller accounts for it. Returns the attempts made.
+    fn answered(mut self) -> u32 {
+        self.answered = true;
+        self.attempts.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Pending<'_> {
+    fn drop(&mut self) {
+        self.stack.metrics.in_flight.decrement(1.0);
+        if self.answered {
+            return;
+        }
+        let status = crate::error::client_closed_request().as_u16();
+        let elapsed = self.start.elapsed();
+        let metrics = &self.stack.metrics;
+        metrics.request(self.method, status);
+        metrics.duration.record(elapsed.as_secs_f64());
+        let request_id = self.request_id.to_str().unwrap_or_default();
+        tracing::debug!(request_id, upstream = %self.stack.config.name, "client closed the request before it was answered");
+        crate::telemetry::access(&crate::telemetry::Access {
+            request_id,
+            upstream: &self.stack.config.name,
+            method: self.method.as_str(),
+            path: self.path,
+            status,
+            attempts: self.attempts.load(Ordering::Relaxed),
+            duration: elapsed,
+        });
     }
 }
 

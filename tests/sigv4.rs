@@ -3,8 +3,8 @@
 //! with its own verifier written in this file (not Outpost's signer), and answers
 //! `403 SignatureDoesNotMatch` when it does not hold.
 //!
-//! Covered: PUT of a small object (signed payload: `x-amz-content-sha256` is the body's
-//! SHA-256); PUT of a large streamed object (`UNSIGNED-PAYLOAD`, streamed, not buffered);
+//! Covered: PUT of a small and of a large object (S3 bodies stream with `UNSIGNED-PAYLOAD`, never
+//! read first; a non-S3 service gets the body's SHA-256);
 //! GET with a query, an encoded key, `Range` and a base URL with a path; the application's own
 //! `Authorization`, `x-amz-date`, `x-amz-security-token` and `x-amz-content-sha256` replaced;
 //! every retry signed afresh; a non-S3 service (double-encoded path, 413 for a streamed body);
@@ -302,10 +302,10 @@ fn assert_no_secret(label: &str, bytes: &[u8]) {
 // S3
 // ---------------------------------------------------------------------------------------------
 
-/// A small PUT: the body is hashed into the signature; whatever credentials and signing
-/// headers the application sent are replaced.
+/// A small PUT: S3 gets the body streamed with `UNSIGNED-PAYLOAD` (never read first); whatever
+/// credentials and signing headers the application sent are replaced.
 #[tokio::test]
-async fn put_small_object_with_signed_payload() {
+async fn put_small_object_streams_with_unsigned_payload() {
     let store = Store::s3().await;
     let proxy = Proxy::start(&config("s3", &store.mock.url(""), "s3", "")).await;
     let body = "hello, object storage";
@@ -322,7 +322,7 @@ async fn put_small_object_with_signed_payload() {
                 ),
                 ("x-amz-date", "20200101T000000Z"),
                 ("x-amz-security-token", "app-session"),
-                ("x-amz-content-sha256", "UNSIGNED-PAYLOAD"),
+                ("x-amz-content-sha256", "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"),
             ],
             body,
         )
@@ -334,8 +334,8 @@ async fn put_small_object_with_signed_payload() {
     assert_eq!(seen.body, body);
     assert_eq!(
         seen.header("x-amz-content-sha256"),
-        Some(sha256_hex(body.as_bytes()).as_str()),
-        "a buffered body is signed, whatever the application declared"
+        Some("UNSIGNED-PAYLOAD"),
+        "S3 bodies stream unsigned, whatever the application declared"
     );
     assert_eq!(seen.header("x-amz-security-token"), Some(SESSION_TOKEN));
     assert_ne!(seen.header("x-amz-date"), Some("20200101T000000Z"));

@@ -1,252 +1,449 @@
-//! Credential injection: the innermost layer, so no outer layer, log line or retry holds a secret.
+//! The auth layer: one [`Authorizer`] for every credential kind, and the layer that puts the
+//! credential on each attempt.
 //!
-//! Before injecting, the application's `Authorization` and `Proxy-Authorization` headers and the
-//! auth type's own header or query parameter are removed: an application's credentials never
-//! reach a third party. Header values are marked sensitive (hyper and h2 keep them out of
-//! HPACK tables, tracing never sees them). Several keys form a pool served round robin.
+//! In the attempt chain it sits inside the limiter (which picks the pooled key) and outside
+//! the attempt timeout, so a token fetch is never counted as upstream time. Nothing outside
+//! this layer holds a secret: the request the retry loop keeps has the application's
+//! credentials stripped and none of Outpost's.
+//!
+//! An authorizer acts twice:
+//! * [`Authorizer::prepare`], once per logical request: strips whatever credentials the
+//!   application sent and, for the kinds that sign the body (outbound webhook signing, SigV4
+//!   for services that need a signed payload), reads the body first: the only cases where a
+//!   body is read before the first byte goes out;
+//! * [`Authorize::call`], on every attempt: injects the pooled key, the current OAuth2 token or
+//!   a fresh SigV4 signature, and, when the upstream refuses a token with 401, invalidates it so
+//!   the retry decision can refresh once.
+//!
+//! A new credential kind is one module (how to get and apply the credential) plus one arm in
+//! [`Authorizer`].
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::SystemTime;
 
-use base64::Engine;
-use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION, PROXY_AUTHORIZATION};
-use http::Uri;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use bytes::Bytes;
+use http::header::{HeaderMap, AUTHORIZATION, CONTENT_LENGTH, PROXY_AUTHORIZATION};
+use http::{Request, StatusCode, Uri};
+use http_body::Body as _;
+use http_body_util::BodyExt;
 
-use crate::config::{Auth, Secret};
+use super::credentials::upstream_uri;
+pub use super::credentials::Credentials;
+use super::layer::{Attempt, AttemptResult, Layer, Service};
+use super::oauth::{Token, TokenSource};
+use super::sign;
+use super::sigv4::{Payload, Plan, Signer};
+use crate::body::BoxBody;
+use crate::config::{Auth, BaseUrl, Upstream};
+use crate::error::ProxyError;
 
-/// RFC 3986 unreserved characters stay as they are; everything else is percent-encoded.
-const QUERY_VALUE: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-/// What to put on each request, computed once per config generation.
-#[derive(Debug)]
-pub struct Credentials {
-    inject: Inject,
-    next: AtomicUsize,
-}
-
-#[derive(Debug)]
-enum Inject {
-    /// A header with one value per pooled key.
-    Header {
-        name: HeaderName,
-        values: Vec<HeaderValue>,
+/// How an upstream's requests get their credential.
+pub enum Authorizer {
+    /// No `auth`: the request goes as the application sent it.
+    None,
+    /// `bearer`, `basic`, `header`, `query` (and key pools).
+    Static(Credentials),
+    /// `oauth2_client_credentials`: a cached token, refreshed single-flight.
+    OAuth(Arc<TokenSource>),
+    /// `aws_sigv4`: each attempt signed afresh.
+    Sigv4(Signer),
+    /// `standard_webhooks`, `hmac_signature`: the body signed once per logical request.
+    Sign {
+        upstream: String,
+        auth: Arc<Upstream>,
     },
-    /// A query parameter: the encoded name and one encoded value per pooled key.
-    Query { name: String, values: Vec<Secret> },
-    /// Auth types that sign or fetch tokens per request; handled by their own layer.
-    NotStatic,
 }
 
-fn sensitive(value: &str) -> Option<HeaderValue> {
-    let mut v = HeaderValue::from_str(value).ok()?;
-    v.set_sensitive(true);
-    Some(v)
+impl std::fmt::Debug for Authorizer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Authorizer::None => "Authorizer::None",
+            Authorizer::Static(_) => "Authorizer::Static",
+            Authorizer::OAuth(_) => "Authorizer::OAuth",
+            Authorizer::Sigv4(_) => "Authorizer::Sigv4",
+            Authorizer::Sign { .. } => "Authorizer::Sign",
+        })
+    }
 }
 
-impl Credentials {
-    pub fn new(auth: &Auth) -> Self {
-        let inject = match auth {
-            Auth::Bearer { tokens } => Inject::Header {
-                name: AUTHORIZATION,
-                values: tokens
-                    .iter()
-                    .filter_map(|t| sensitive(&format!("Bearer {}", t.expose())))
-                    .collect(),
-            },
-            Auth::Basic { username, password } => {
-                let pair = format!("{}:{}", username.expose(), password.expose());
-                let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-                Inject::Header {
-                    name: AUTHORIZATION,
-                    values: sensitive(&format!("Basic {encoded}")).into_iter().collect(),
-                }
-            }
-            Auth::Header { name, values } => Inject::Header {
-                name: name.clone(),
-                values: values
-                    .iter()
-                    .filter_map(|v| sensitive(v.expose()))
-                    .collect(),
-            },
-            Auth::Query { name, values } => Inject::Query {
-                name: utf8_percent_encode(name, QUERY_VALUE).to_string(),
-                values: values
-                    .iter()
-                    .map(|v| Secret::new(utf8_percent_encode(v.expose(), QUERY_VALUE).to_string()))
-                    .collect(),
-            },
-            _ => Inject::NotStatic,
+/// What [`Authorizer::prepare`] decided for one logical request, kept for its attempts.
+#[derive(Debug, Default)]
+pub struct AuthScope {
+    /// SigV4's payload line.
+    payload: Option<Payload>,
+}
+
+/// The body after [`Authorizer::prepare`].
+pub enum Prepared {
+    /// Still the application's stream.
+    Stream(BoxBody),
+    /// Read into memory (to sign it).
+    Read(Vec<Bytes>),
+}
+
+impl Authorizer {
+    /// The authorizer for `upstream`. `oauth` is the token source (kept across reloads by the
+    /// caller when the token config did not change).
+    pub fn new(upstream: &Arc<Upstream>, oauth: Option<Arc<TokenSource>>) -> Self {
+        let Some(auth) = &upstream.auth else {
+            return Authorizer::None;
         };
-        Credentials {
-            inject,
-            next: AtomicUsize::new(0),
+        match auth {
+            Auth::OAuth2ClientCredentials(_) => match oauth {
+                Some(source) => Authorizer::OAuth(source),
+                None => Authorizer::None,
+            },
+            Auth::AwsSigv4(aws) => {
+                Authorizer::Sigv4(Signer::new(&upstream.name, aws, &upstream.base_url))
+            }
+            Auth::StandardWebhooks { .. } | Auth::HmacSignature(_) => Authorizer::Sign {
+                upstream: upstream.name.clone(),
+                auth: upstream.clone(),
+            },
+            Auth::Bearer { .. } | Auth::Basic { .. } | Auth::Header { .. } | Auth::Query { .. } => {
+                Authorizer::Static(Credentials::new(auth))
+            }
         }
     }
 
-    /// True when this layer injects the credential itself.
-    pub fn is_static(&self) -> bool {
-        !matches!(self.inject, Inject::NotStatic)
+    /// Can a refused credential be replaced by a fresh one (so a 401 may be retried)?
+    pub fn can_refresh(&self) -> bool {
+        matches!(self, Authorizer::OAuth(_))
     }
 
-    /// Pick the pool index for the next request (round robin).
-    pub fn next_key(&self) -> usize {
-        let len = match &self.inject {
-            Inject::Header { values, .. } => values.len(),
-            Inject::Query { values, .. } => values.len(),
-            Inject::NotStatic => 1,
+    /// Once per logical request: remove the application's credentials and, where the
+    /// signature covers the body, read the body (at most `limit` bytes; larger: 413).
+    pub async fn prepare(
+        &self,
+        headers: &mut HeaderMap,
+        body: BoxBody,
+        limit: u64,
+    ) -> Result<(Prepared, AuthScope), ProxyError> {
+        let mut scope = AuthScope::default();
+        match self {
+            Authorizer::None => return Ok((Prepared::Stream(body), scope)),
+            Authorizer::Static(credentials) => credentials.strip(headers),
+            Authorizer::OAuth(_) | Authorizer::Sigv4(_) | Authorizer::Sign { .. } => {
+                headers.remove(AUTHORIZATION);
+                headers.remove(PROXY_AUTHORIZATION);
+            }
+        }
+        match self {
+            Authorizer::Sigv4(signer) => match signer.plan(headers, body.is_end_stream())? {
+                Plan::Ready(payload) => {
+                    scope.payload = Some(payload);
+                    Ok((Prepared::Stream(body), scope))
+                }
+                Plan::ReadAndHash => {
+                    let chunks = read_capped(body, headers, limit)
+                        .await
+                        .map_err(|e| match e {
+                            ProxyError::PayloadTooLarge { limit } => signer.too_large(limit),
+                            other => other,
+                        })?;
+                    scope.payload = Some(Payload::of_chunks(&chunks));
+                    Ok((Prepared::Read(chunks), scope))
+                }
+            },
+            Authorizer::Sign { upstream, auth } => {
+                let limit = sign::body_limit(auth);
+                let chunks = read_capped(body, headers, limit).await?;
+                let bytes: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+                if let Some(a) = &auth.auth {
+                    sign::sign_body(upstream, a, headers, &bytes)?;
+                }
+                Ok((Prepared::Read(vec![Bytes::from(bytes)]), scope))
+            }
+            _ => Ok((Prepared::Stream(body), scope)),
+        }
+    }
+
+    /// On every attempt: put the credential of pool key `key` on the request. Returns the
+    /// OAuth2 token used, so a 401 can invalidate exactly that one.
+    async fn authorize(
+        &self,
+        request: &mut Request<BoxBody>,
+        key: usize,
+        scope: &AuthScope,
+        base: &BaseUrl,
+    ) -> Result<Option<Arc<Token>>, ProxyError> {
+        match self {
+            Authorizer::None | Authorizer::Sign { .. } => Ok(None),
+            Authorizer::Static(credentials) => {
+                if credentials.edits_query() {
+                    let mut path_and_query = request
+                        .uri()
+                        .path_and_query()
+                        .map_or_else(|| "/".to_string(), |pq| pq.as_str().to_string());
+                    credentials.apply(key, request.headers_mut(), &mut path_and_query);
+                    *request.uri_mut() = rebuilt(base, &path_and_query)?;
+                } else {
+                    credentials.apply(key, request.headers_mut(), &mut String::new());
+                }
+                Ok(None)
+            }
+            Authorizer::OAuth(source) => {
+                let token = source.token().await?;
+                token.apply(request.headers_mut());
+                Ok(Some(token))
+            }
+            Authorizer::Sigv4(signer) => {
+                let payload = scope.payload.as_ref().unwrap_or(&Payload::Unsigned);
+                signer.sign(request, payload, SystemTime::now())?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+fn rebuilt(base: &BaseUrl, path_and_query: &str) -> Result<Uri, ProxyError> {
+    upstream_uri(base, path_and_query)
+        .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))
+}
+
+/// Read a body into memory, at most `limit` bytes (also when its `Content-Length` says more).
+async fn read_capped(
+    mut body: BoxBody,
+    headers: &HeaderMap,
+    limit: u64,
+) -> Result<Vec<Bytes>, ProxyError> {
+    let declared = headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if declared.is_some_and(|len| len > limit) || body.size_hint().lower() > limit {
+        return Err(ProxyError::PayloadTooLarge { limit });
+    }
+    let mut chunks = Vec::new();
+    let mut len = 0u64;
+    while let Some(frame) = body.frame().await {
+        // A plain match, not `?`: `?` on a boxed error trips rustc's Send check for this future.
+        let frame = match frame {
+            Ok(frame) => frame,
+            Err(e) => return Err(super::replay::client_fault(&*e, Some(limit))),
         };
-        if len <= 1 {
-            0
-        } else {
-            self.next.fetch_add(1, Ordering::Relaxed) % len
-        }
-    }
-
-    /// Remove every credential the application sent, whatever the auth type.
-    pub fn strip(&self, headers: &mut HeaderMap) {
-        headers.remove(AUTHORIZATION);
-        headers.remove(PROXY_AUTHORIZATION);
-        if let Inject::Header { name, .. } = &self.inject {
-            headers.remove(name);
-        }
-    }
-
-    /// Put key `index` of the pool on the request. `path_and_query` is rewritten for query auth.
-    /// True when the credential is a query parameter (it changes the request's URI).
-    pub fn edits_query(&self) -> bool {
-        matches!(self.inject, Inject::Query { .. })
-    }
-
-    pub fn apply(&self, index: usize, headers: &mut HeaderMap, path_and_query: &mut String) {
-        match &self.inject {
-            Inject::Header { name, values } => {
-                if let Some(value) = values.get(index) {
-                    headers.insert(name.clone(), value.clone());
-                }
+        if let Ok(data) = frame.into_data() {
+            len = len.saturating_add(data.len() as u64);
+            if len > limit {
+                return Err(ProxyError::PayloadTooLarge { limit });
             }
-            Inject::Query { name, values } => {
-                if let Some(value) = values.get(index) {
-                    set_query_param(path_and_query, name, value.expose());
-                }
+            if !data.is_empty() {
+                chunks.push(data);
             }
-            Inject::NotStatic => {}
+        }
+    }
+    Ok(chunks)
+}
+
+pub struct AuthLayer {
+    pub authorizer: Arc<Authorizer>,
+    pub base: BaseUrl,
+}
+
+impl<S: Service> Layer<S> for AuthLayer {
+    type Service = Authorize<S>;
+    fn layer(self, inner: S) -> Authorize<S> {
+        Authorize {
+            inner,
+            authorizer: self.authorizer,
+            base: self.base,
         }
     }
 }
 
-/// Replace every occurrence of the (encoded) parameter `name` in the query with `name=value`.
-fn set_query_param(path_and_query: &mut String, name: &str, value: &str) {
-    let (path, query) = match path_and_query.split_once('?') {
-        Some((p, q)) => (p.to_string(), q.to_string()),
-        None => (path_and_query.clone(), String::new()),
-    };
-    let mut out = path;
-    out.push('?');
-    let mut first = true;
-    for pair in query.split('&').filter(|p| !p.is_empty()) {
-        let key = pair.split_once('=').map_or(pair, |(k, _)| k);
-        if same_param(key, name) {
-            continue;
-        }
-        if !first {
-            out.push('&');
-        }
-        out.push_str(pair);
-        first = false;
-    }
-    if !first {
-        out.push('&');
-    }
-    out.push_str(name);
-    out.push('=');
-    out.push_str(value);
-    *path_and_query = out;
+pub struct Authorize<S> {
+    inner: S,
+    authorizer: Arc<Authorizer>,
+    base: BaseUrl,
 }
 
-/// Compare a raw query key with an encoded name, decoding the key's percent-escapes and `+`.
-fn same_param(raw_key: &str, encoded_name: &str) -> bool {
-    if raw_key == encoded_name {
-        return true;
+impl<S: Service> Service for Authorize<S> {
+    async fn call<'a>(&'a self, mut attempt: Attempt<'a>) -> AttemptResult {
+        let token = self
+            .authorizer
+            .authorize(&mut attempt.request, attempt.key, attempt.auth, &self.base)
+            .await?;
+        let can_refresh = attempt.can_refresh;
+        let mut answered = self.inner.call(attempt).await?;
+        if let (Some(token), Authorizer::OAuth(source)) = (&token, &*self.authorizer) {
+            if answered.response.status() == StatusCode::UNAUTHORIZED && can_refresh {
+                source.invalidate(token);
+                answered.credential_rejected = true;
+            }
+        }
+        Ok(answered)
     }
-    let decoded_key = percent_encoding::percent_decode_str(&raw_key.replace('+', " "))
-        .decode_utf8_lossy()
-        .into_owned();
-    let decoded_name = percent_encoding::percent_decode_str(encoded_name)
-        .decode_utf8_lossy()
-        .into_owned();
-    decoded_key.eq_ignore_ascii_case(&decoded_name)
-}
-
-/// Build the upstream URI from the base URL and the forwarded path and query.
-pub fn upstream_uri(
-    base: &crate::config::BaseUrl,
-    path_and_query: &str,
-) -> Result<Uri, http::Error> {
-    Uri::builder()
-        .scheme(base.scheme.clone())
-        .authority(base.authority.clone())
-        .path_and_query(path_and_query)
-        .build()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Secret;
+    use crate::stack::layer::{Answered, Progress, Stack};
+    use std::sync::Mutex;
+    use tokio::time::Instant;
 
-    #[test]
-    fn bearer_strips_app_credentials_and_injects() {
-        let creds = Credentials::new(&Auth::Bearer {
-            tokens: vec![Secret::new("sk_test_1")],
-        });
-        let mut h = HeaderMap::new();
-        h.insert(AUTHORIZATION, HeaderValue::from_static("Bearer app-own"));
-        h.insert(PROXY_AUTHORIZATION, HeaderValue::from_static("Basic x"));
-        creds.strip(&mut h);
-        let mut pq = "/v1".to_string();
-        creds.apply(creds.next_key(), &mut h, &mut pq);
-        assert_eq!(h[AUTHORIZATION], "Bearer sk_test_1");
-        assert!(h[AUTHORIZATION].is_sensitive());
-        assert!(h.get(PROXY_AUTHORIZATION).is_none());
-        assert!(!format!("{creds:?} {h:?}").contains("sk_test_1"));
+    /// Records what reached it and answers with `status`.
+    struct Seen {
+        status: StatusCode,
+        requests: Mutex<Vec<(String, HeaderMap)>>,
+    }
+    impl Service for Arc<Seen> {
+        async fn call<'a>(&'a self, attempt: Attempt<'a>) -> AttemptResult {
+            self.requests.lock().unwrap().push((
+                attempt.request.uri().to_string(),
+                attempt.request.headers().clone(),
+            ));
+            let mut response = http::Response::new(crate::body::empty());
+            *response.status_mut() = self.status;
+            Ok(Answered::new(response))
+        }
     }
 
-    #[test]
-    fn basic_is_base64() {
-        let creds = Credentials::new(&Auth::Basic {
-            username: Secret::new("AC1"),
-            password: Secret::new("tok"),
-        });
-        let mut h = HeaderMap::new();
-        let mut pq = "/".to_string();
-        creds.apply(0, &mut h, &mut pq);
-        assert_eq!(h[AUTHORIZATION], "Basic QUMxOnRvaw==");
+    fn base() -> BaseUrl {
+        BaseUrl {
+            scheme: http::uri::Scheme::HTTPS,
+            authority: "api.example.com".parse().unwrap(),
+            path: String::new(),
+            host_header: http::HeaderValue::from_static("api.example.com"),
+        }
     }
 
-    #[test]
-    fn pool_round_robins() {
-        let creds = Credentials::new(&Auth::Bearer {
-            tokens: vec![Secret::new("a"), Secret::new("b")],
+    async fn run(
+        authorizer: Authorizer,
+        key: usize,
+        uri: &str,
+        status: StatusCode,
+    ) -> (Answered, Arc<Seen>) {
+        let seen = Arc::new(Seen {
+            status,
+            requests: Mutex::new(Vec::new()),
         });
-        let picks: Vec<usize> = (0..4).map(|_| creds.next_key()).collect();
-        assert_eq!(picks, vec![0, 1, 0, 1]);
+        let chain = Stack::new(seen.clone())
+            .push(AuthLayer {
+                authorizer: Arc::new(authorizer),
+                base: base(),
+            })
+            .into_inner();
+        let progress = Progress::new(None);
+        let mut request = Request::new(crate::body::empty());
+        *request.uri_mut() = uri.parse().unwrap();
+        let answered = chain
+            .call(Attempt {
+                request,
+                key,
+                upgrade: None,
+                deadline: Instant::now(),
+                progress: &progress,
+                auth: &AuthScope::default(),
+                can_refresh: true,
+            })
+            .await
+            .unwrap();
+        (answered, seen)
     }
 
-    #[test]
-    fn query_replaces_app_value_and_encodes() {
-        let creds = Credentials::new(&Auth::Query {
-            name: "api_key".into(),
-            values: vec![Secret::new("a b&c=d")],
+    #[tokio::test]
+    async fn pooled_bearer_key_is_the_one_the_limiter_chose() {
+        let auth = Authorizer::Static(Credentials::new(&Auth::Bearer {
+            tokens: vec![Secret::new("k0"), Secret::new("k1")],
+        }));
+        let (_, seen) = run(auth, 1, "https://api.example.com/v1", StatusCode::OK).await;
+        let requests = seen.requests.lock().unwrap();
+        assert_eq!(requests[0].1[AUTHORIZATION], "Bearer k1");
+    }
+
+    #[tokio::test]
+    async fn query_key_rewrites_the_uri_of_the_attempt() {
+        let auth = Authorizer::Static(Credentials::new(&Auth::Query {
+            name: "key".into(),
+            values: vec![Secret::new("s e")],
+        }));
+        let (_, seen) = run(
+            auth,
+            0,
+            "https://api.example.com/v1?key=app&x=1",
+            StatusCode::OK,
+        )
+        .await;
+        assert_eq!(
+            seen.requests.lock().unwrap()[0].0,
+            "https://api.example.com/v1?x=1&key=s%20e"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_token_is_invalidated_and_reported() {
+        use crate::metrics::{Metrics, UpstreamMetrics};
+        use crate::stack::oauth::{Fetched, Fetcher};
+        use std::sync::atomic::{AtomicU32, Ordering};
+        let fetches = Arc::new(AtomicU32::new(0));
+        let counted = fetches.clone();
+        let fetcher: Fetcher = Arc::new(move || {
+            let n = counted.fetch_add(1, Ordering::SeqCst);
+            Box::pin(async move {
+                Ok(Fetched {
+                    access_token: Secret::new(format!("tok{n}")),
+                    expires_in: std::time::Duration::from_secs(3600),
+                })
+            })
         });
+        let metrics = Metrics::new();
+        let source =
+            TokenSource::with_fetcher("api", fetcher, &UpstreamMetrics::new(&metrics, "api"));
+        let (answered, seen) = run(
+            Authorizer::OAuth(source.clone()),
+            0,
+            "https://api.example.com/",
+            StatusCode::UNAUTHORIZED,
+        )
+        .await;
+        assert!(answered.credential_rejected);
+        assert_eq!(
+            seen.requests.lock().unwrap()[0].1[AUTHORIZATION],
+            "Bearer tok0"
+        );
+        let next = source.token().await.unwrap();
         let mut h = HeaderMap::new();
-        let mut pq = "/v1/x?api_key=mine&x=1&api%5Fkey=again&API_KEY=3".to_string();
-        creds.apply(0, &mut h, &mut pq);
-        assert_eq!(pq, "/v1/x?x=1&api_key=a%20b%26c%3Dd");
-        let mut pq = "/v1/x".to_string();
-        creds.apply(0, &mut h, &mut pq);
-        assert_eq!(pq, "/v1/x?api_key=a%20b%26c%3Dd");
+        next.apply(&mut h);
+        assert_eq!(
+            h[AUTHORIZATION], "Bearer tok1",
+            "the refused token was dropped"
+        );
+        assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn prepare_strips_application_credentials() {
+        let auth = Authorizer::Static(Credentials::new(&Auth::Header {
+            name: http::HeaderName::from_static("x-api-key"),
+            values: vec![Secret::new("ours")],
+        }));
+        let mut headers = HeaderMap::new();
+        headers.insert(AUTHORIZATION, "Bearer app".parse().unwrap());
+        headers.insert(PROXY_AUTHORIZATION, "Basic app".parse().unwrap());
+        headers.insert("x-api-key", "app".parse().unwrap());
+        let (prepared, _) = auth
+            .prepare(&mut headers, crate::body::full("body"), 1024)
+            .await
+            .unwrap();
+        assert!(headers.is_empty(), "{headers:?}");
+        assert!(
+            matches!(prepared, Prepared::Stream(_)),
+            "a static key never reads the body"
+        );
+    }
+
+    #[tokio::test]
+    async fn read_capped_refuses_what_does_not_fit() {
+        let headers = HeaderMap::new();
+        let err = read_capped(crate::body::full("0123456789"), &headers, 4)
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), "payload_too_large");
+        let chunks = read_capped(crate::body::full("0123"), &headers, 4)
+            .await
+            .unwrap();
+        assert_eq!(chunks, vec![Bytes::from_static(b"0123")]);
     }
 }

@@ -3,9 +3,16 @@
 //! While open, requests get `503 circuit_open` with `Retry-After` and never reach the upstream.
 //!
 //! Sits outside retry: one logical request (all its attempts) is one success or failure. A
-//! failure is a 5xx or a transport error; 4xx answers prove the upstream is up.
+//! failure is a 5xx or a transport error; 4xx answers prove the upstream is up. Only time the
+//! upstream spent is judged: a request refused locally, cancelled by the application, or
+//! timed out while Outpost waited for the application's body or its own limiter says nothing
+//! about the upstream's health ([`Verdict::NotJudged`]).
+//!
+//! A permit is a guard ([`Held`]): a request dropped before it reports (the application went
+//! away mid-probe) returns its permit, so a half-open breaker never waits for a probe that
+//! will not come back.
 
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -40,7 +47,55 @@ pub enum Transition {
     Closed,
 }
 
+/// How a finished request counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verdict {
+    Success,
+    Failure,
+    /// The upstream was not (or not alone) to blame: the permit is returned unjudged.
+    NotJudged,
+}
+
+/// A permit that is returned unjudged when dropped before [`Held::record`].
+#[derive(Debug)]
+pub struct Held {
+    breaker: Arc<Breaker>,
+    permit: Option<Permit>,
+}
+
+impl Held {
+    pub fn record(mut self, verdict: Verdict) -> Transition {
+        let Some(permit) = self.permit.take() else {
+            return Transition::None;
+        };
+        match verdict {
+            Verdict::Success => self.breaker.record(permit, true),
+            Verdict::Failure => self.breaker.record(permit, false),
+            Verdict::NotJudged => {
+                self.breaker.abandon(permit);
+                Transition::None
+            }
+        }
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        if let Some(permit) = self.permit.take() {
+            self.breaker.abandon(permit);
+        }
+    }
+}
+
 impl Breaker {
+    /// [`Breaker::allow`] as a guard.
+    pub fn hold(self: &Arc<Self>) -> Result<Held, Duration> {
+        self.allow().map(|permit| Held {
+            breaker: self.clone(),
+            permit: Some(permit),
+        })
+    }
+
     pub fn new(config: CircuitBreaker) -> Self {
         Breaker {
             config,
@@ -181,5 +236,39 @@ mod tests {
         let probe = b.allow().unwrap();
         b.abandon(probe);
         assert_eq!(b.allow().unwrap(), Permit::Probe);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_dropped_probe_is_returned_and_a_healthy_probe_closes() {
+        let b = Arc::new(Breaker::new(CircuitBreaker {
+            consecutive_failures: 1,
+            open_for: Duration::from_secs(1),
+        }));
+        assert_eq!(
+            b.hold().unwrap().record(Verdict::Failure),
+            Transition::Opened
+        );
+        tokio::time::advance(Duration::from_secs(1)).await;
+        let probe = b.hold().unwrap();
+        assert!(b.hold().is_err(), "one probe at a time");
+        drop(probe); // the application went away mid-probe
+        let probe = b.hold().expect("the slot came back");
+        assert_eq!(probe.record(Verdict::Success), Transition::Closed);
+        assert!(!b.is_open());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unjudged_outcomes_do_not_move_the_breaker() {
+        let b = Arc::new(Breaker::new(CircuitBreaker {
+            consecutive_failures: 2,
+            open_for: Duration::from_secs(1),
+        }));
+        b.hold().unwrap().record(Verdict::Failure);
+        for _ in 0..5 {
+            b.hold().unwrap().record(Verdict::NotJudged);
+        }
+        assert!(!b.is_open(), "local refusals and timeouts are not failures");
+        b.hold().unwrap().record(Verdict::Failure);
+        assert!(b.is_open());
     }
 }

@@ -103,6 +103,13 @@ pub struct Admission {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+impl Admission {
+    /// True when this admission holds an in-flight slot (`max_in_flight` is set).
+    pub fn holds_slot(&self) -> bool {
+        self._permit.is_some()
+    }
+}
+
 /// One bucket with its queue: per upstream, or per key of a key pool.
 pub struct Limiter {
     bucket: Option<Bucket>,

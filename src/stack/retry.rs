@@ -5,20 +5,20 @@
 //! methods or a request carrying an `Idempotency-Key`. Delays are exponential with full jitter
 //! (`random(0, min(max_delay, base * 2^n))`), or the upstream's own `Retry-After`. A budget
 //! (tower's `TpsBudget`: `budget_percent` of recent requests plus `min_retries_per_second`)
-//! keeps retries from amplifying an outage. Bodies are replayed from a buffer of at most
-//! `max_body_bytes`; larger bodies stream once and are never retried.
+//! keeps retries from amplifying an outage. Bodies are replayed from a copy of at most
+//! `max_body_bytes` kept while the first attempt streams (`replay.rs`); larger bodies are never
+//! retried.
+//!
+//! [`decide`] is the whole retry decision as a pure function of what the attempt came to
+//! ([`Outcome`]) and where the request stands ([`State`]); the loop in `stack.rs` only carries
+//! it out (budget, sleep, next attempt).
 
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{HeaderMap, Method, StatusCode};
-use http_body::{Body, Frame};
-use http_body_util::{BodyExt, BodyStream, StreamBody};
 use rand::Rng;
 use tower::retry::budget::{Budget, TpsBudget};
 
-use crate::body::{full, BoxBody, BoxError};
 use crate::config::{IdempotencyKeyMode, PresetDefaults, Retry};
 
 pub static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
@@ -144,101 +144,130 @@ impl RetryPolicy {
     }
 }
 
-/// A request body that can be sent more than once when it was small enough to buffer.
-///
-/// The buffer keeps the chunks as they arrived (reference-counted `Bytes`): nothing is copied,
-/// and each attempt replays them as a stream of cheap clones.
-pub enum ReplayBody {
-    Buffered(Vec<Bytes>),
-    /// Too large (or with trailers): sent once, never retried.
-    Once(Option<BoxBody>),
+/// What one attempt came to, as the retry decision sees it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The upstream answered.
+    Response {
+        status: StatusCode,
+        /// The policy retries this status for this request (`on_status`, the provider's own
+        /// retry header, the request's safety).
+        retryable: bool,
+        /// The wait the upstream asked for (`Retry-After`, `X-RateLimit-Reset` …).
+        wait: Option<Duration>,
+        /// A refreshable credential (an OAuth2 token) was refused with 401 and invalidated.
+        credential_rejected: bool,
+        /// A pooled key was refused (401/403) and taken out, and another key is left.
+        key_rejected: bool,
+        /// Another pooled key is not paused: a 429 paused only the key that got it.
+        other_key_free: bool,
+    },
+    /// Nothing was sent: the connection or the TLS handshake failed.
+    ConnectFailed,
+    /// The connection failed after (part of) the request was sent.
+    ConnectionLost,
+    /// No answer within `attempt_timeout`.
+    TimedOut,
+    /// Refused locally, or the application's own fault: never retried.
+    Final,
 }
 
-/// Replay what was read so far, then the rest of the stream: for bodies sent once.
-fn stream_once(prefix: Vec<Bytes>, last: Frame<Bytes>, rest: BoxBody) -> ReplayBody {
-    let frames = prefix
-        .into_iter()
-        .map(|b| Ok(Frame::data(b)))
-        .chain(std::iter::once(Ok(last)));
-    let stream = futures_util::stream::iter(frames).chain(BodyStream::new(rest));
-    ReplayBody::Once(Some(StreamBody::new(stream).boxed_unsync()))
-}
-
-impl ReplayBody {
-    /// A buffered body of one chunk.
-    pub fn from_bytes(bytes: Bytes) -> Self {
-        ReplayBody::Buffered(if bytes.is_empty() {
-            Vec::new()
-        } else {
-            vec![bytes]
-        })
+impl Outcome {
+    /// Could this outcome be retried at all (so a backoff is worth drawing)?
+    pub fn may_retry(&self) -> bool {
+        match self {
+            Outcome::Response {
+                retryable,
+                credential_rejected,
+                key_rejected,
+                ..
+            } => *retryable || *credential_rejected || *key_rejected,
+            Outcome::Final => false,
+            Outcome::ConnectFailed | Outcome::ConnectionLost | Outcome::TimedOut => true,
+        }
     }
+}
 
-    /// Buffer `body` up to `limit` bytes; beyond that, stream what was read followed by the rest.
-    pub async fn new(mut body: BoxBody, limit: u64) -> Result<Self, BoxError> {
-        if body.is_end_stream() {
-            return Ok(ReplayBody::Buffered(Vec::new()));
-        }
-        if body.size_hint().lower() > limit {
-            return Ok(ReplayBody::Once(Some(body)));
-        }
-        let mut chunks: Vec<Bytes> = Vec::new();
-        let mut len = 0u64;
-        while let Some(frame) = body.frame().await {
-            // A plain match, not `?`: `?` on a boxed error trips rustc's Send check for this
-            // future ("implementation of `From` is not general enough").
-            let frame = match frame {
-                Ok(frame) => frame,
-                Err(e) => return Err(e),
-            };
-            match frame.into_data() {
-                Ok(data) => {
-                    len += data.len() as u64;
-                    if len > limit {
-                        return Ok(stream_once(chunks, Frame::data(data), body));
-                    }
-                    if !data.is_empty() {
-                        chunks.push(data);
-                    }
-                }
-                // Trailers: keep them by streaming once.
-                Err(frame) => return Ok(stream_once(chunks, frame, body)),
+/// Where the logical request stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct State {
+    /// Retries already made.
+    pub retries: u32,
+    pub max_attempts: u32,
+    /// The body can be sent again (empty, or its copy is complete).
+    pub replayable: bool,
+    /// The method is idempotent or the request carries an `Idempotency-Key`.
+    pub safe: bool,
+    /// The one credential refresh-and-retry was already spent.
+    pub auth_refreshed: bool,
+    pub respect_retry_after: bool,
+    pub max_retry_after: Duration,
+    /// Time left before the total deadline.
+    pub time_left: Duration,
+    /// The backoff the next retry would wait (drawn by the caller: the jitter is random).
+    pub backoff: Duration,
+}
+
+/// What to do next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Decision {
+    /// Return this outcome to the application.
+    Return,
+    Retry {
+        reason: Reason,
+        delay: Duration,
+    },
+}
+
+/// The retry decision: a pure function of the outcome and the request's state.
+pub fn decide(outcome: Outcome, state: State) -> Decision {
+    if !state.replayable {
+        return Decision::Return;
+    }
+    let last = state.retries.saturating_add(1) >= state.max_attempts;
+    let retry = match outcome {
+        // The token was refused: the request was not processed, so whatever the method it goes
+        // again once, with a fresh token (also when retries are off).
+        Outcome::Response {
+            credential_rejected: true,
+            ..
+        } if !state.auth_refreshed => Some((Reason::AuthRefresh, Duration::ZERO)),
+        Outcome::Response { .. } if last => None,
+        Outcome::Response {
+            key_rejected: true, ..
+        } => Some((Reason::AuthRefresh, Duration::ZERO)),
+        Outcome::Response {
+            retryable: false, ..
+        } => None,
+        Outcome::Response {
+            status,
+            wait,
+            other_key_free,
+            ..
+        } => match wait {
+            _ if status == StatusCode::TOO_MANY_REQUESTS && other_key_free => {
+                Some((Reason::Status, Duration::ZERO))
             }
+            // The upstream asked for longer than we may wait: its answer goes back at once.
+            Some(wait) if state.respect_retry_after && wait > state.max_retry_after => None,
+            Some(wait) if state.respect_retry_after => Some((Reason::Status, wait)),
+            _ => Some((Reason::Status, state.backoff)),
+        },
+        // Nothing was sent: always safe.
+        Outcome::ConnectFailed if !last => Some((Reason::ConnectError, state.backoff)),
+        // The upstream may have the request: only safe requests go again.
+        Outcome::ConnectionLost if !last && state.safe => {
+            Some((Reason::ConnectionLost, state.backoff))
         }
-        Ok(ReplayBody::Buffered(chunks))
-    }
-
-    /// Wrap a body that will not be retried.
-    pub fn once(body: BoxBody) -> Self {
-        ReplayBody::Once(Some(body))
-    }
-
-    /// The buffered chunks, when the body is replayable.
-    pub fn chunks(&self) -> Option<&[Bytes]> {
-        match self {
-            ReplayBody::Buffered(chunks) => Some(chunks),
-            ReplayBody::Once(_) => None,
+        Outcome::TimedOut if !last && state.safe => Some((Reason::Timeout, state.backoff)),
+        Outcome::ConnectFailed | Outcome::ConnectionLost | Outcome::TimedOut | Outcome::Final => {
+            None
         }
-    }
-
-    /// The body for the next attempt; `None` when a streamed body was already sent.
-    pub fn take(&mut self) -> Option<BoxBody> {
-        match self {
-            ReplayBody::Buffered(chunks) => Some(match chunks.as_slice() {
-                [] => crate::body::empty(),
-                [one] => full(one.clone()),
-                many => {
-                    let frames: Vec<Result<Frame<Bytes>, BoxError>> =
-                        many.iter().map(|b| Ok(Frame::data(b.clone()))).collect();
-                    StreamBody::new(futures_util::stream::iter(frames)).boxed_unsync()
-                }
-            }),
-            ReplayBody::Once(body) => body.take(),
-        }
-    }
-
-    pub fn replayable(&self) -> bool {
-        matches!(self, ReplayBody::Buffered(_))
+    };
+    match retry {
+        // A wait that ends at or after the deadline would only turn the answer into a timeout.
+        Some((reason, delay)) if delay < state.time_left => Decision::Retry { reason, delay },
+        _ => Decision::Return,
     }
 }
 
@@ -363,24 +392,242 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn replay_body_buffers_small_and_streams_large() {
-        let mut small = ReplayBody::new(full("hello"), 16).await.unwrap();
-        assert!(small.replayable());
-        for _ in 0..2 {
-            let b = small.take().unwrap().collect().await.unwrap().to_bytes();
-            assert_eq!(b, "hello");
+    fn state() -> State {
+        State {
+            retries: 0,
+            max_attempts: 3,
+            replayable: true,
+            safe: true,
+            auth_refreshed: false,
+            respect_retry_after: true,
+            max_retry_after: Duration::from_secs(30),
+            time_left: Duration::from_secs(60),
+            backoff: Duration::from_millis(70),
         }
-        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = (0..4)
-            .map(|i| Ok(Frame::data(Bytes::from(vec![b'a' + i; 8]))))
-            .collect();
-        let streamed = StreamBody::new(futures_util::stream::iter(chunks)).boxed_unsync();
-        let mut large = ReplayBody::new(streamed, 16).await.unwrap();
-        assert!(!large.replayable());
-        let b = large.take().unwrap().collect().await.unwrap().to_bytes();
-        assert_eq!(b.len(), 32);
-        assert_eq!(&b[..8], b"aaaaaaaa");
-        assert_eq!(&b[24..], b"dddddddd");
-        assert!(large.take().is_none(), "a streamed body is sent once");
+    }
+
+    fn answer(status: u16, retryable: bool, wait: Option<u64>) -> Outcome {
+        Outcome::Response {
+            status: StatusCode::from_u16(status).unwrap(),
+            retryable,
+            wait: wait.map(Duration::from_secs),
+            credential_rejected: false,
+            key_rejected: false,
+            other_key_free: false,
+        }
+    }
+
+    fn go(reason: Reason, delay_ms: u64) -> Decision {
+        Decision::Retry {
+            reason,
+            delay: Duration::from_millis(delay_ms),
+        }
+    }
+
+    /// Every rule of the decision, one row each: (what, outcome, state, expected).
+    #[test]
+    fn decision_table() {
+        let s = state();
+        let unsafe_ = State { safe: false, ..s };
+        let last = State { retries: 2, ..s };
+        let capped = State {
+            replayable: false,
+            ..s
+        };
+        let refreshed = State {
+            auth_refreshed: true,
+            ..s
+        };
+        let no_respect = State {
+            respect_retry_after: false,
+            ..s
+        };
+        let short = State {
+            time_left: Duration::from_millis(50),
+            ..s
+        };
+        let rejected_token = Outcome::Response {
+            status: StatusCode::UNAUTHORIZED,
+            retryable: false,
+            wait: None,
+            credential_rejected: true,
+            key_rejected: false,
+            other_key_free: false,
+        };
+        let rejected_key = Outcome::Response {
+            status: StatusCode::FORBIDDEN,
+            retryable: false,
+            wait: None,
+            credential_rejected: false,
+            key_rejected: true,
+            other_key_free: true,
+        };
+        let pool_429 = Outcome::Response {
+            status: StatusCode::TOO_MANY_REQUESTS,
+            retryable: true,
+            wait: Some(Duration::from_secs(20)),
+            credential_rejected: false,
+            key_rejected: false,
+            other_key_free: true,
+        };
+        let rows: Vec<(&str, Outcome, State, Decision)> = vec![
+            (
+                "200 is returned",
+                answer(200, false, None),
+                s,
+                Decision::Return,
+            ),
+            (
+                "503 retried after backoff",
+                answer(503, true, None),
+                s,
+                go(Reason::Status, 70),
+            ),
+            (
+                "503 not retryable by policy",
+                answer(503, false, None),
+                s,
+                Decision::Return,
+            ),
+            (
+                "Retry-After honoured",
+                answer(503, true, Some(2)),
+                s,
+                go(Reason::Status, 2000),
+            ),
+            (
+                "Retry-After beyond max_retry_after",
+                answer(429, true, Some(31)),
+                s,
+                Decision::Return,
+            ),
+            (
+                "Retry-After ignored when not respected",
+                answer(429, true, Some(31)),
+                no_respect,
+                go(Reason::Status, 70),
+            ),
+            (
+                "last attempt returns",
+                answer(503, true, None),
+                last,
+                Decision::Return,
+            ),
+            (
+                "capped body returns",
+                answer(503, true, None),
+                capped,
+                Decision::Return,
+            ),
+            (
+                "delay past the deadline returns",
+                answer(503, true, None),
+                short,
+                Decision::Return,
+            ),
+            (
+                "wait past the deadline returns",
+                answer(503, true, Some(1)),
+                short,
+                Decision::Return,
+            ),
+            (
+                "401 token refreshed once",
+                rejected_token,
+                s,
+                go(Reason::AuthRefresh, 0),
+            ),
+            (
+                "401 token refreshed even on the last attempt",
+                rejected_token,
+                last,
+                go(Reason::AuthRefresh, 0),
+            ),
+            (
+                "401 token refreshed even for a POST",
+                rejected_token,
+                unsafe_,
+                go(Reason::AuthRefresh, 0),
+            ),
+            (
+                "401 token not refreshed twice",
+                rejected_token,
+                refreshed,
+                Decision::Return,
+            ),
+            (
+                "pooled key refused: next key at once",
+                rejected_key,
+                s,
+                go(Reason::AuthRefresh, 0),
+            ),
+            (
+                "pooled key refused on the last attempt",
+                rejected_key,
+                last,
+                Decision::Return,
+            ),
+            (
+                "pooled 429: another key serves at once",
+                pool_429,
+                s,
+                go(Reason::Status, 0),
+            ),
+            (
+                "connect failure retried",
+                Outcome::ConnectFailed,
+                unsafe_,
+                go(Reason::ConnectError, 70),
+            ),
+            (
+                "connect failure on the last attempt",
+                Outcome::ConnectFailed,
+                last,
+                Decision::Return,
+            ),
+            (
+                "connection lost, safe",
+                Outcome::ConnectionLost,
+                s,
+                go(Reason::ConnectionLost, 70),
+            ),
+            (
+                "connection lost, unsafe",
+                Outcome::ConnectionLost,
+                unsafe_,
+                Decision::Return,
+            ),
+            (
+                "attempt timeout, safe",
+                Outcome::TimedOut,
+                s,
+                go(Reason::Timeout, 70),
+            ),
+            (
+                "attempt timeout, unsafe",
+                Outcome::TimedOut,
+                unsafe_,
+                Decision::Return,
+            ),
+            (
+                "local refusal is final",
+                Outcome::Final,
+                s,
+                Decision::Return,
+            ),
+        ];
+        for (what, outcome, state, expected) in rows {
+            assert_eq!(decide(outcome, state), expected, "{what}");
+        }
+    }
+
+    #[test]
+    fn max_attempts_one_never_retries_a_status() {
+        let once = State {
+            max_attempts: 1,
+            ..state()
+        };
+        assert_eq!(decide(answer(503, true, None), once), Decision::Return);
+        assert_eq!(decide(Outcome::ConnectFailed, once), Decision::Return);
     }
 }

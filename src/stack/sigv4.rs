@@ -1,6 +1,6 @@
 //! AWS Signature Version 4 (`aws_sigv4`), so an application reaches S3, R2 or another
-//! AWS-style API without holding a key. The retry loop in `stack.rs` signs every attempt (fresh
-//! `x-amz-date`) as the very last step, after every other header change.
+//! AWS-style API without holding a key. The auth layer (`auth.rs`) signs every attempt (fresh
+//! `x-amz-date`) as the very last header change.
 //!
 //! Written from the AWS specification ("Create a signed AWS API request", and "Authenticating
 //! Requests: Using the Authorization Header" for S3) with the `hmac`/`sha2` crates Outpost
@@ -16,9 +16,11 @@
 //! * Signed headers: `host` (the upstream's authority from `base_url`, as the client sends it),
 //!   `x-amz-*`, and the content headers and `range`/`date` when present. Headers a hop may
 //!   rewrite (`user-agent`, `accept-encoding`, `content-length` …) are left unsigned.
-//! * Payload: the hex SHA-256 of the body when it was buffered (up to `retry.max_body_bytes`);
-//!   a larger, streamed body is sent with `UNSIGNED-PAYLOAD` to S3, and refused with 413 for
-//!   other services, which require a signed payload. S3 also gets `x-amz-content-sha256`.
+//! * Payload: S3 (and S3-compatible stores) get every non-empty body streamed with
+//!   `UNSIGNED-PAYLOAD` (an empty one is hashed); other services require a signed payload, so
+//!   their body is read first (up to `retry.max_body_bytes`, larger: 413) and its hex SHA-256
+//!   signed: the one case where a body is read before the first byte goes out. S3 also gets
+//!   `x-amz-content-sha256`.
 //!
 //! The application's own `Authorization`, `x-amz-date`, `x-amz-security-token` and
 //! `x-amz-content-sha256` never reach the upstream; `Authorization` and the session token are
@@ -30,11 +32,9 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use hmac::{Hmac, Mac};
 use http::header::{HeaderMap, HeaderName, HeaderValue, AUTHORIZATION};
 use http::Request;
-use http_body::Body as _;
 use percent_encoding::{percent_decode, percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use sha2::{Digest, Sha256};
 
-use super::retry::ReplayBody;
 use crate::config::{AwsSigv4, BaseUrl, Secret};
 use crate::error::ProxyError;
 
@@ -78,13 +78,22 @@ impl Payload {
         Payload::Sha256(hex::encode(Sha256::digest(bytes)))
     }
 
-    fn of_chunks(chunks: &[bytes::Bytes]) -> Self {
+    /// The SHA-256 of a body read into memory.
+    pub fn of_chunks(chunks: &[bytes::Bytes]) -> Self {
         let mut hasher = Sha256::new();
         for chunk in chunks {
             hasher.update(chunk);
         }
         Payload::Sha256(hex::encode(hasher.finalize()))
     }
+}
+
+/// What [`Signer::plan`] decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    Ready(Payload),
+    /// Read the body into memory first and sign its hash.
+    ReadAndHash,
 }
 
 /// Signs the requests of one `aws_sigv4` upstream. `Debug` shows no secret.
@@ -131,14 +140,10 @@ impl Signer {
         }
     }
 
-    /// The payload line for a request body, decided once per logical request. `limit` is the
-    /// buffer size (`retry.max_body_bytes`), named in the 413 for a body too large to sign.
-    pub fn payload(
-        &self,
-        body: &ReplayBody,
-        headers: &HeaderMap,
-        limit: u64,
-    ) -> Result<Payload, ProxyError> {
+    /// How the body enters the signature, decided once per logical request. `empty`: the
+    /// request has no body. Only a service that needs a signed payload (not S3) makes the body
+    /// be read first; S3 streams it with `UNSIGNED-PAYLOAD`.
+    pub fn plan(&self, headers: &HeaderMap, empty: bool) -> Result<Plan, ProxyError> {
         // An aws-chunked body framed by an SDK: its declared mode decides. Chunk signatures
         // chain from the application's own (placeholder) signature and cannot be redone here.
         let declared = headers
@@ -146,7 +151,7 @@ impl Signer {
             .and_then(|v| v.to_str().ok());
         if let Some(mode) = declared.filter(|d| d.starts_with("STREAMING-")) {
             return if self.s3 && mode == STREAMING_UNSIGNED_PAYLOAD_TRAILER {
-                Ok(Payload::StreamingUnsignedTrailer)
+                Ok(Plan::Ready(Payload::StreamingUnsignedTrailer))
             } else {
                 Err(ProxyError::BadRequest(
                     "aws_sigv4: a body with signed aws-chunked framing cannot be re-signed; \
@@ -154,16 +159,20 @@ impl Signer {
                 ))
             };
         }
-        match body {
-            ReplayBody::Buffered(chunks) => Ok(Payload::of_chunks(chunks)),
-            ReplayBody::Once(Some(stream)) if stream.is_end_stream() => Ok(Payload::of(b"")),
-            ReplayBody::Once(_) if self.s3 => Ok(Payload::Unsigned),
-            ReplayBody::Once(_) => {
-                tracing::warn!(upstream = %self.upstream, service = %self.service, limit,
-                    "aws_sigv4: this service needs a signed payload, and the body is larger than retry.max_body_bytes");
-                Err(ProxyError::PayloadTooLarge { limit })
-            }
-        }
+        Ok(if empty {
+            Plan::Ready(Payload::of(b""))
+        } else if self.s3 {
+            Plan::Ready(Payload::Unsigned)
+        } else {
+            Plan::ReadAndHash
+        })
+    }
+
+    /// A body that needs a signed payload was larger than the buffer: say why in the log.
+    pub fn too_large(&self, limit: u64) -> ProxyError {
+        tracing::warn!(upstream = %self.upstream, service = %self.service, limit,
+            "aws_sigv4: this service needs a signed payload, and the body is larger than retry.max_body_bytes");
+        ProxyError::PayloadTooLarge { limit }
     }
 
     /// Sign the attempt's request: replaces `Authorization` and sets `x-amz-date` (and
@@ -442,7 +451,7 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
-    use crate::body::{empty, full, BoxBody};
+    use crate::body::{empty, BoxBody};
 
     /// The AWS SigV4 test suite's credentials and time (2015-08-30T12:36:00Z).
     const SUITE_KEY: &str = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY";
@@ -703,13 +712,9 @@ mod tests {
             "/test.txt",
             &[("range", "bytes=0-9"), ("user-agent", "app/1.0")],
         );
-        let payload = s3
-            .payload(
-                &ReplayBody::from_bytes(Default::default()),
-                req.headers(),
-                1024,
-            )
-            .unwrap();
+        let Plan::Ready(payload) = s3.plan(req.headers(), true).unwrap() else {
+            panic!("an empty body needs no reading")
+        };
         s3.sign(&mut req, &payload, at(1_369_353_600)).unwrap();
         assert_eq!(
             req.headers()["x-amz-content-sha256"],
@@ -742,8 +747,9 @@ mod tests {
                 ("x-amz-storage-class", "REDUCED_REDUNDANCY"),
             ],
         );
-        let body = ReplayBody::from_bytes("Welcome to Amazon S3.".into());
-        let payload = s3.payload(&body, req.headers(), 1024).unwrap();
+        // (S3 streams non-empty bodies unsigned; the hash of a body read into memory is what
+        // the documentation's example signs.)
+        let payload = Payload::of_chunks(&["Welcome to ".into(), "Amazon S3.".into()]);
         assert_eq!(
             payload.as_str(),
             "44ce7dd67c959e0d3524ffac1771dfbba87d2b6b4b4e99e42034a8b803f8b072"
@@ -756,22 +762,24 @@ mod tests {
     }
 
     #[test]
-    fn streamed_payloads() {
+    fn payload_plans() {
         let s3 = signer("s3", "bucket.r2.example", "AK", "SK", None);
         let other = suite_signer(None);
         let headers = HeaderMap::new();
-        let stream = || ReplayBody::once(full("not known to be empty"));
         assert_eq!(
-            s3.payload(&stream(), &headers, 10).unwrap(),
-            Payload::Unsigned
+            s3.plan(&headers, false).unwrap(),
+            Plan::Ready(Payload::Unsigned),
+            "S3 streams a body unsigned"
         );
-        let err = other.payload(&stream(), &headers, 10).unwrap_err();
-        assert_eq!(err.kind(), "payload_too_large");
         assert_eq!(
-            other
-                .payload(&ReplayBody::once(empty()), &headers, 10)
-                .unwrap(),
-            empty_payload()
+            other.plan(&headers, false).unwrap(),
+            Plan::ReadAndHash,
+            "other services need the body's hash"
+        );
+        assert_eq!(other.too_large(10).kind(), "payload_too_large");
+        assert_eq!(
+            other.plan(&headers, true).unwrap(),
+            Plan::Ready(empty_payload())
         );
         let mut trailer = HeaderMap::new();
         trailer.insert(
@@ -779,8 +787,8 @@ mod tests {
             HeaderValue::from_static(STREAMING_UNSIGNED_PAYLOAD_TRAILER),
         );
         assert_eq!(
-            s3.payload(&stream(), &trailer, 10).unwrap(),
-            Payload::StreamingUnsignedTrailer
+            s3.plan(&trailer, false).unwrap(),
+            Plan::Ready(Payload::StreamingUnsignedTrailer)
         );
         let mut signed_chunks = HeaderMap::new();
         signed_chunks.insert(
@@ -788,9 +796,7 @@ mod tests {
             HeaderValue::from_static("STREAMING-AWS4-HMAC-SHA256-PAYLOAD"),
         );
         assert_eq!(
-            s3.payload(&stream(), &signed_chunks, 10)
-                .unwrap_err()
-                .kind(),
+            s3.plan(&signed_chunks, false).unwrap_err().kind(),
             "bad_request"
         );
     }

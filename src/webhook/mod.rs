@@ -14,7 +14,7 @@
 //!
 //! Signing lives beside verification in each scheme file, used by `outpost webhook sign` (what a
 //! provider would send, for users' tests) and, for `standard_webhooks` and generic HMAC, by
-//! [`sign`] for the outbound auth types that sign an application's own webhook deliveries.
+//! `stack/sign.rs` for the outbound auth types that sign an application's own webhook deliveries.
 
 pub mod cli;
 mod github;
@@ -23,9 +23,8 @@ pub mod receiver;
 pub mod replay;
 mod sendgrid;
 mod shopify;
-pub mod sign;
 mod slack;
-mod standard;
+pub(crate) mod standard;
 mod stripe;
 mod twilio;
 
@@ -158,7 +157,7 @@ impl Spec {
 
 /// Key material, decoded once per config generation. `Debug` never shows it.
 #[derive(Clone)]
-pub(crate) struct KeyBytes(Vec<u8>);
+pub(crate) struct KeyBytes(pub(crate) Vec<u8>);
 
 impl fmt::Debug for KeyBytes {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

@@ -21,7 +21,7 @@ const SIGNATURES: &[&str] = &["webhook-signature", "svix-signature"];
 const MAX_SIGNATURES: usize = 32;
 
 /// `whsec_<base64>` (the prefix is optional) to key bytes.
-pub(super) fn secret_key(secret: &str) -> Result<KeyBytes, String> {
+pub(crate) fn secret_key(secret: &str) -> Result<KeyBytes, String> {
     let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
     let key = B64
         .decode(encoded.trim())

@@ -2,21 +2,18 @@
 //! sign the webhook deliveries an application sends to its own customers, so the application
 //! never holds the signing key.
 //!
-//! Called from the innermost auth step of the upstream stack (`stack.rs`). Signing needs the
-//! whole body, so it is buffered up to [`body_limit`] (larger: `413 payload_too_large`), then
-//! sent as buffered. `standard_webhooks` adds `webhook-id` (the application's own, when it
+//! One of the credential kinds of the auth layer (`auth.rs`). Signing needs the whole body, so
+//! the auth layer reads it first, up to [`body_limit`] (larger: `413 payload_too_large`), and
+//! every attempt sends that copy. `standard_webhooks` adds `webhook-id` (the application's own, when it
 //! sent one, so its retries of one message keep one id as the spec asks; else `msg_<uuid>`),
 //! `webhook-timestamp` (now) and `webhook-signature: v1,<base64>`; `hmac_signature` sets the
 //! configured header to `prefix` + the encoded MAC of the body.
 
-use bytes::BytesMut;
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
-use http_body_util::BodyExt;
+use http::header::{HeaderMap, HeaderName, HeaderValue};
 
-use super::{encode, mac, now_unix, standard};
-use crate::body::{full, BoxBody};
 use crate::config::{Auth, Upstream};
 use crate::error::ProxyError;
+use crate::webhook::{encode, mac, now_unix, standard};
 
 /// Bodies up to at least this size are signed, whatever `retry.max_body_bytes` says.
 pub const MIN_BODY_LIMIT: u64 = 1024 * 1024;
@@ -35,52 +32,24 @@ pub fn body_limit(upstream: &Upstream) -> u64 {
     upstream.retry.max_body_bytes.max(MIN_BODY_LIMIT)
 }
 
-/// Buffer `body`, put the signature headers on `headers`, and return the body to send.
-pub async fn sign_request(
-    upstream: &Upstream,
+/// Put the signature headers for `body` on `headers` (an application-chosen `webhook-id` is
+/// kept). Errors never contain the secret.
+pub fn sign_body(
+    upstream: &str,
+    auth: &Auth,
     headers: &mut HeaderMap,
-    mut body: BoxBody,
-) -> Result<BoxBody, ProxyError> {
-    let Some(auth) = upstream.auth.as_ref().filter(|a| signs(a)) else {
-        return Ok(body);
-    };
-    let limit = body_limit(upstream);
-    let declared = headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    if declared.is_some_and(|len| len > limit) {
-        return Err(ProxyError::PayloadTooLarge { limit });
-    }
-    // A plain frame loop rather than `Limited::collect`: the boxed body's error needs no
-    // conversion, which keeps this future `Send` for the stack.
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = match frame {
-            Ok(frame) => frame,
-            Err(e) if crate::body::is_length_limit(&*e) => {
-                return Err(ProxyError::PayloadTooLarge { limit })
-            }
-            Err(_) => return Err(ProxyError::BadRequest("request body could not be read")),
-        };
-        if let Ok(data) = frame.into_data() {
-            if (buf.len() + data.len()) as u64 > limit {
-                return Err(ProxyError::PayloadTooLarge { limit });
-            }
-            buf.extend_from_slice(&data);
+    body: &[u8],
+) -> Result<(), ProxyError> {
+    let lines = signature_headers(auth, headers, body, now_unix()).map_err(|reason| {
+        ProxyError::CredentialsUnavailable {
+            upstream: upstream.to_string(),
+            reason,
         }
-    }
-    let bytes = buf.freeze();
-    let unavailable = |reason: String| ProxyError::CredentialsUnavailable {
-        upstream: upstream.name.clone(),
-        reason,
-    };
-    for (name, value) in
-        signature_headers(auth, headers, &bytes, now_unix()).map_err(unavailable)?
-    {
+    })?;
+    for (name, value) in lines {
         headers.insert(name, value);
     }
-    Ok(full(bytes))
+    Ok(())
 }
 
 /// Check an outbound signing secret's form (`standard_webhooks`: `whsec_` + base64), for
