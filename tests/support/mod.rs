@@ -1381,3 +1381,4 @@ pub fn header_map(pairs: &[(&str, &str)]) -> HeaderMap {
 pub fn content_type(headers: &HeaderMap) -> Option<&str> {
     headers.get(CONTENT_TYPE).and_then(|v| v.to_str().ok())
 }
+pub mod streaming;
