@@ -51,6 +51,21 @@ impl ClientBodyError {
                 if let Some(h) = e.downcast_ref::<hyper::Error>() {
                     gone |= h.is_incomplete_message() || h.is_canceled();
                 }
+                if let Some(io) = e.downcast_ref::<std::io::Error>() {
+                    // hyper reports a body cut short by the connection closing as an
+                    // `UnexpectedEof` (its `IncompleteBody`).
+                    gone |= matches!(
+                        io.kind(),
+                        std::io::ErrorKind::UnexpectedEof
+                            | std::io::ErrorKind::ConnectionReset
+                            | std::io::ErrorKind::ConnectionAborted
+                            | std::io::ErrorKind::BrokenPipe
+                    );
+                    if let Some(inner) = io.get_ref() {
+                        current = Some(inner as &(dyn std::error::Error + 'static));
+                        continue;
+                    }
+                }
                 current = e.source();
             }
             gone
