@@ -211,3 +211,36 @@ async fn a_client_gone_mid_upload_is_499_and_not_an_upstream_failure() {
     let stderr = binary.stop_and_collect_stderr().await;
     assert_logged_499(&stderr, "/api/upload");
 }
+
+/// The same over HTTP/2: the application resets its stream (the request future is dropped,
+/// hyper sends RST_STREAM) while the request waits in the limiter queue.
+#[tokio::test]
+async fn an_h2_stream_reset_in_the_queue_leaves_no_slot_behind() {
+    let mock = MockUpstream::ok().await;
+    let mut binary = Binary::start(
+        &config(
+            &mock.url(""),
+            "timeout: 2m\nrate_limit: { requests_per_minute: 1, burst: 1, max_wait: 2m }",
+        ),
+        &[],
+    )
+    .await;
+    let client = h2c_client();
+    let send = |path: &str| {
+        let mut request = http::Request::get(binary.url(path)).body(empty()).unwrap();
+        *request.version_mut() = http::Version::HTTP_2;
+        client.request(request)
+    };
+    assert_eq!(
+        guard("first", send("/api/first")).await.unwrap().status(),
+        200
+    );
+    let queued = tokio::spawn(send("/api/reset"));
+    wait_metric(&binary, "outpost_rate_limit_queued", &[UP], 1.0).await;
+    queued.abort(); // the stream is reset; the connection stays open
+    wait_metric(&binary, "outpost_in_flight_requests", &[UP], 0.0).await;
+    wait_metric(&binary, "outpost_rate_limit_queued", &[UP], 0.0).await;
+    assert_eq!(mock.count(), 1);
+    let stderr = binary.stop_and_collect_stderr().await;
+    assert_logged_499(&stderr, "/api/reset");
+}
