@@ -127,7 +127,10 @@ for line in open(path, errors="replace"):
         if m.group(2): names[m.group(1)] = m.group(2)
         cfn = names.get(m.group(1), "")
         continue
-    if line.startswith("fn="):
+    m = re.match(r"^fn=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
+    if m:
+        # A function's name is given once, at its first mention, as fn= or as cfn=.
+        if m.group(2): names[m.group(1)] = m.group(2)
         cfn = None
         continue
     m = re.match(r"^calls=(\d+)", line)

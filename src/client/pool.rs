@@ -148,6 +148,11 @@ impl Endpoint {
         self.h2.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    /// True once this origin is known to speak HTTP/2 (configured, or negotiated by ALPN).
+    pub fn speaks_h2(&self) -> bool {
+        self.speaks_h2.load(Ordering::Relaxed)
+    }
+
     /// Number of idle HTTP/1.1 connections (tests, diagnostics).
     pub fn idle_connections(&self) -> usize {
         self.idle().len()

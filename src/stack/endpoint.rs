@@ -29,8 +29,8 @@ use crate::client::{ClientError, Endpoint};
 use crate::error::{FailureKind, ProxyError};
 
 /// How long a `100-continue` body waits for the upstream's `100` before it is sent anyway
-/// (RFC 9110 §10.1.1 lets a client stop waiting; curl waits one second too). Also covers
-/// HTTP/2 upstreams, whose interim answers hyper does not report.
+/// (RFC 9110 §10.1.1 lets a client stop waiting; curl waits one second too): for HTTP/1.1
+/// upstreams that ignore `Expect`. Upstreams known to speak HTTP/2 get the body at once.
 pub const EXPECT_WAIT: Duration = Duration::from_secs(1);
 
 pub struct Send {
@@ -66,7 +66,8 @@ impl Service for Send {
             progress,
             ..
         } = attempt;
-        if expects_continue(&request) {
+        // HTTP/2 interim answers are not reported by hyper: there the body goes at once.
+        if expects_continue(&request) && !self.endpoint.speaks_h2() {
             gate_body(&mut request);
         }
         progress.on_wire(true);
