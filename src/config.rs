@@ -137,6 +137,29 @@ struct RawAuth {
     prefix: Option<String>,
     algorithm: Option<HmacAlgorithm>,
     encoding: Option<SignatureEncoding>,
+    service_account: Option<String>,
+    issuer: Option<String>,
+    subject: Option<String>,
+    private_key: Option<String>,
+    app_id: Option<Scalar>,
+    installation_id: Option<Scalar>,
+}
+
+/// A YAML scalar that may be written as a string or a number (`app_id: 12345`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum Scalar {
+    Text(String),
+    Number(u64),
+}
+
+impl Scalar {
+    fn text(&self) -> String {
+        match self {
+            Scalar::Text(t) => t.clone(),
+            Scalar::Number(n) => n.to_string(),
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -334,6 +357,9 @@ pub enum AuthType {
     AwsSigv4,
     StandardWebhooks,
     HmacSignature,
+    #[serde(rename = "oauth2_jwt_bearer")]
+    OAuth2JwtBearer,
+    GithubApp,
 }
 
 impl AuthType {
@@ -347,6 +373,8 @@ impl AuthType {
             AuthType::AwsSigv4 => "aws_sigv4",
             AuthType::StandardWebhooks => "standard_webhooks",
             AuthType::HmacSignature => "hmac_signature",
+            AuthType::OAuth2JwtBearer => "oauth2_jwt_bearer",
+            AuthType::GithubApp => "github_app",
         }
     }
 
@@ -369,6 +397,19 @@ impl AuthType {
             AuthType::HmacSignature => {
                 (&["header", "secret"], &["prefix", "algorithm", "encoding"])
             }
+            AuthType::OAuth2JwtBearer => (
+                &[],
+                &[
+                    "service_account",
+                    "issuer",
+                    "private_key",
+                    "subject",
+                    "audience",
+                    "scopes",
+                    "token_url",
+                ],
+            ),
+            AuthType::GithubApp => (&["app_id", "private_key", "installation_id"], &[]),
         }
     }
 }
@@ -422,6 +463,8 @@ pub enum Auth {
         secret: Secret,
     },
     HmacSignature(HmacSignature),
+    OAuth2JwtBearer(JwtBearer),
+    GithubApp(GithubApp),
 }
 
 impl Auth {
@@ -435,6 +478,8 @@ impl Auth {
             Auth::AwsSigv4(_) => AuthType::AwsSigv4,
             Auth::StandardWebhooks { .. } => AuthType::StandardWebhooks,
             Auth::HmacSignature(_) => AuthType::HmacSignature,
+            Auth::OAuth2JwtBearer(_) => AuthType::OAuth2JwtBearer,
+            Auth::GithubApp(_) => AuthType::GithubApp,
         }
     }
 
@@ -457,6 +502,31 @@ pub struct OAuth2 {
     pub audience: Option<String>,
     pub client_auth: ClientAuth,
     pub params: Vec<(String, String)>,
+}
+
+/// `oauth2_jwt_bearer` (RFC 7523): a signed assertion exchanged for an access token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JwtBearer {
+    pub token_url: Uri,
+    /// `iss`: the service account's `client_email`, or the Salesforce consumer key.
+    pub issuer: String,
+    /// `sub`: the Salesforce username, or the user a Google service account acts for.
+    pub subject: Option<String>,
+    /// `aud`: the token URL unless set (Salesforce: the login URL).
+    pub audience: String,
+    pub scopes: Vec<String>,
+    /// PEM private key (RSA: RS256; P-256: ES256).
+    pub private_key: Secret,
+    /// `kid` header: the service account's `private_key_id`.
+    pub key_id: Option<String>,
+}
+
+/// `github_app`: installation tokens minted with the app's private key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GithubApp {
+    pub app_id: String,
+    pub private_key: Secret,
+    pub installation_id: u64,
 }
 
 #[derive(Debug)]
@@ -1209,7 +1279,7 @@ impl Validator {
 
     fn auth(&mut self, path: &str, raw: RawAuth, preset_type: Option<AuthType>) -> Option<Auth> {
         let Some(kind) = raw.kind.or(preset_type) else {
-            self.key_error(path, "missing `type` (bearer, basic, header, query, oauth2_client_credentials, aws_sigv4, standard_webhooks or hmac_signature)");
+            self.key_error(path, "missing `type` (bearer, basic, header, query, oauth2_client_credentials, oauth2_jwt_bearer, github_app, aws_sigv4, standard_webhooks or hmac_signature)");
             return None;
         };
         let present = raw.present_fields();
@@ -1409,6 +1479,126 @@ impl Validator {
                     secret: secret?,
                 })
             }
+            AuthType::OAuth2JwtBearer => Auth::OAuth2JwtBearer(self.jwt_bearer(path, raw)?),
+            AuthType::GithubApp => {
+                let app_id = raw.app_id.map(|a| a.text()).unwrap_or_default();
+                if app_id.is_empty() || !app_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+                    self.error(
+                        join(path, "app_id"),
+                        "the app id (or client id) must be letters and digits",
+                    );
+                }
+                let installation_id = match raw.installation_id.map(|i| i.text()) {
+                    Some(text) => match text.parse::<u64>() {
+                        Ok(id) if id > 0 => Some(id),
+                        _ => {
+                            self.error(
+                                join(path, "installation_id"),
+                                "the installation id must be a positive number",
+                            );
+                            None
+                        }
+                    },
+                    None => None,
+                };
+                let private_key = self.private_key(
+                    &join(path, "private_key"),
+                    raw.private_key.as_deref().unwrap_or_default(),
+                );
+                if app_id.is_empty() {
+                    return None;
+                }
+                Auth::GithubApp(GithubApp {
+                    app_id,
+                    private_key: private_key?,
+                    installation_id: installation_id?,
+                })
+            }
+        })
+    }
+
+    /// A PEM private key (secret reference), checked to be one the JWT signer can use (RSA,
+    /// or EC P-256). The message never contains the key.
+    fn private_key(&mut self, path: &str, text: &str) -> Option<Secret> {
+        let key = self.secret(path, text)?;
+        if let Err(e) = jwt_key_check(key.expose()) {
+            self.error(path, e);
+            return None;
+        }
+        Some(key)
+    }
+
+    /// `oauth2_jwt_bearer`: from a Google service-account key (`service_account`: its JSON),
+    /// or from `issuer` + `private_key` (+ `token_url`), keys beside it overriding.
+    fn jwt_bearer(&mut self, path: &str, raw: RawAuth) -> Option<JwtBearer> {
+        let mut issuer = raw.issuer;
+        let mut token_url_text = raw.token_url;
+        let mut key_id = None;
+        let private_key;
+        match (&raw.service_account, &raw.private_key) {
+            (Some(_), Some(_)) => {
+                self.key_error(
+                    join(path, "private_key"),
+                    "use either `service_account` or `private_key`, not both",
+                );
+                return None;
+            }
+            (None, None) => {
+                self.key_error(path, "auth type `oauth2_jwt_bearer` needs `service_account` (a Google key file) or `issuer` and `private_key`");
+                return None;
+            }
+            (Some(text), None) => {
+                let key_path = join(path, "service_account");
+                let secret = self.secret(&key_path, text)?;
+                let json: serde_json::Value = match serde_json::from_str(secret.expose()) {
+                    Ok(json) => json,
+                    Err(_) => {
+                        self.error(key_path, "the service account key is not JSON (expected the key file Google issued)");
+                        return None;
+                    }
+                };
+                let field =
+                    |name: &str| json.get(name).and_then(|v| v.as_str()).map(str::to_string);
+                let (Some(email), Some(pem)) = (field("client_email"), field("private_key")) else {
+                    self.error(
+                        key_path,
+                        "the service account key has no `client_email` or `private_key`",
+                    );
+                    return None;
+                };
+                issuer = issuer.or(Some(email));
+                token_url_text = token_url_text.or(field("token_uri"));
+                key_id = field("private_key_id");
+                if let Err(e) = jwt_key_check(&pem) {
+                    self.error(key_path, e);
+                    return None;
+                }
+                private_key = Some(Secret::new(pem));
+            }
+            (None, Some(text)) => {
+                private_key = self.private_key(&join(path, "private_key"), text);
+            }
+        }
+        let Some(issuer) = issuer.filter(|i| !i.is_empty()) else {
+            self.key_error(
+                path,
+                "auth type `oauth2_jwt_bearer` needs `issuer` (or a `service_account`)",
+            );
+            return None;
+        };
+        let Some(token_text) = token_url_text else {
+            self.key_error(path, "auth type `oauth2_jwt_bearer` needs `token_url` (or a `service_account` naming its token_uri)");
+            return None;
+        };
+        let token_url = self.url(&join(path, "token_url"), &token_text)?;
+        Some(JwtBearer {
+            audience: raw.audience.unwrap_or_else(|| token_text.clone()),
+            token_url,
+            issuer,
+            subject: raw.subject,
+            scopes: raw.scopes.unwrap_or_default(),
+            private_key: private_key?,
+            key_id,
         })
     }
 
@@ -1733,7 +1923,33 @@ impl RawAuth {
         add(self.prefix.is_some(), "prefix");
         add(self.algorithm.is_some(), "algorithm");
         add(self.encoding.is_some(), "encoding");
+        add(self.service_account.is_some(), "service_account");
+        add(self.issuer.is_some(), "issuer");
+        add(self.subject.is_some(), "subject");
+        add(self.private_key.is_some(), "private_key");
+        add(self.app_id.is_some(), "app_id");
+        add(self.installation_id.is_some(), "installation_id");
         out
+    }
+}
+
+/// Can the JWT signer use this PEM key (RSA for RS256, EC P-256 for ES256)? Signs a probe,
+/// so a key of another curve is refused here rather than at the first request.
+fn jwt_key_check(pem: &str) -> Result<(), String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let probe = serde_json::json!({"probe": true});
+    let usable = [
+        (EncodingKey::from_rsa_pem(pem.as_bytes()), Algorithm::RS256),
+        (EncodingKey::from_ec_pem(pem.as_bytes()), Algorithm::ES256),
+    ]
+    .into_iter()
+    .any(|(key, alg)| {
+        key.is_ok_and(|k| jsonwebtoken::encode(&Header::new(alg), &probe, &k).is_ok())
+    });
+    if usable {
+        Ok(())
+    } else {
+        Err("the private key is not an RSA or P-256 EC private key in PEM form".into())
     }
 }
 

@@ -37,6 +37,7 @@ pub mod counters;
 pub mod credentials;
 pub mod endpoint;
 pub mod headers;
+pub mod jwt;
 pub mod layer;
 pub mod limit;
 pub mod normalize;
@@ -148,27 +149,38 @@ impl UpstreamStack {
                 && p.config.tls_ca_file == config.tls_ca_file
                 && p.config.attempt_timeout == config.attempt_timeout
         };
-        let oauth = match &config.auth {
-            Some(Auth::OAuth2ClientCredentials(now)) => {
-                let kept = previous.filter(|p| same_transport(p)).and_then(|p| {
-                    match (&p.config.auth, &*p.authorizer) {
-                        (
-                            Some(Auth::OAuth2ClientCredentials(before)),
-                            Authorizer::OAuth(source),
-                        ) if before == now => Some(source.clone()),
-                        _ => None,
-                    }
-                });
-                Some(kept.unwrap_or_else(|| {
-                    oauth::TokenSource::new(
-                        &config.name,
-                        now,
-                        client.clone(),
-                        config.attempt_timeout,
-                        &upstream_metrics,
-                    )
-                }))
-            }
+        // The token source is kept when neither its auth config nor the transport changed.
+        let kept = previous
+            .filter(|p| same_transport(p) && same_token_config(&p.config.auth, &config.auth))
+            .and_then(|p| match &*p.authorizer {
+                Authorizer::OAuth(source) => Some(source.clone()),
+                _ => None,
+            });
+        let timeout = config.attempt_timeout;
+        let oauth = match (&config.auth, kept) {
+            (_, Some(source)) => Some(source),
+            (Some(Auth::OAuth2ClientCredentials(oauth2)), None) => Some(oauth::TokenSource::new(
+                &config.name,
+                oauth2,
+                client.clone(),
+                timeout,
+                &upstream_metrics,
+            )),
+            (Some(Auth::OAuth2JwtBearer(bearer)), None) => Some(jwt::bearer_source(
+                &config.name,
+                bearer,
+                client.clone(),
+                timeout,
+                &upstream_metrics,
+            )?),
+            (Some(Auth::GithubApp(app)), None) => Some(jwt::github_source(
+                &config.name,
+                app,
+                &config.base_url,
+                client.clone(),
+                timeout,
+                &upstream_metrics,
+            )?),
             _ => None,
         };
         let authorizer = Arc::new(Authorizer::new(&config, oauth));
@@ -486,6 +498,16 @@ impl UpstreamStack {
             Some(admission) => response.map(|b| boxed(Guarded::new(b, admission))),
             None => response,
         }
+    }
+}
+
+/// Is the token-minting part of two auth configs the same (so a reload keeps the token)?
+fn same_token_config(before: &Option<Auth>, now: &Option<Auth>) -> bool {
+    match (before, now) {
+        (Some(Auth::OAuth2ClientCredentials(a)), Some(Auth::OAuth2ClientCredentials(b))) => a == b,
+        (Some(Auth::OAuth2JwtBearer(a)), Some(Auth::OAuth2JwtBearer(b))) => a == b,
+        (Some(Auth::GithubApp(a)), Some(Auth::GithubApp(b))) => a == b,
+        _ => false,
     }
 }
 

@@ -43,7 +43,8 @@ pub enum Authorizer {
     None,
     /// `bearer`, `basic`, `header`, `query` (and key pools).
     Static(Credentials),
-    /// `oauth2_client_credentials`: a cached token, refreshed single-flight.
+    /// `oauth2_client_credentials`, `oauth2_jwt_bearer`, `github_app`: a cached token,
+    /// refreshed single-flight (`oauth.rs`, minted from a signed JWT in `jwt.rs`).
     OAuth(Arc<TokenSource>),
     /// `aws_sigv4`: each attempt signed afresh.
     Sigv4(Signer),
@@ -89,10 +90,12 @@ impl Authorizer {
             return Authorizer::None;
         };
         match auth {
-            Auth::OAuth2ClientCredentials(_) => match oauth {
-                Some(source) => Authorizer::OAuth(source),
-                None => Authorizer::None,
-            },
+            Auth::OAuth2ClientCredentials(_) | Auth::OAuth2JwtBearer(_) | Auth::GithubApp(_) => {
+                match oauth {
+                    Some(source) => Authorizer::OAuth(source),
+                    None => Authorizer::None,
+                }
+            }
             Auth::AwsSigv4(aws) => {
                 Authorizer::Sigv4(Signer::new(&upstream.name, aws, &upstream.base_url))
             }
@@ -385,6 +388,7 @@ mod tests {
                 Ok(Fetched {
                     access_token: Secret::new(format!("tok{n}")),
                     expires_in: std::time::Duration::from_secs(3600),
+                    refresh_margin: None,
                 })
             })
         });

@@ -90,6 +90,9 @@ impl fmt::Debug for Token {
 pub struct Fetched {
     pub access_token: Secret,
     pub expires_in: Duration,
+    /// Refresh this long before expiry instead of the 10 % / 60 s rule (GitHub App tokens:
+    /// 5 minutes before `expires_at`).
+    pub refresh_margin: Option<Duration>,
 }
 
 /// Why a fetch failed: a message naming the token endpoint and its answer, never a secret.
@@ -243,16 +246,19 @@ impl TokenSource {
                 HeaderValue::from_str(&format!("Bearer {}", fetched.access_token.expose()))
                     .map_err(|_| "the access token is not a valid header value".to_string())?;
             header.set_sensitive(true);
-            Ok((header, fetched.expires_in))
+            Ok((header, fetched.expires_in, fetched.refresh_margin))
         });
         let mut state = self.lock();
         state.fetching = None;
         match token {
-            Ok((header, lifetime)) => {
+            Ok((header, lifetime, fetched_margin)) => {
                 state.generation += 1;
                 let expires_at = started + lifetime;
                 let skew = (lifetime / 50).min(MAX_EXPIRY_SKEW);
-                let margin = (lifetime / REFRESH_SHARE).min(MAX_REFRESH_MARGIN);
+                let margin = match fetched_margin {
+                    Some(margin) => margin.min(lifetime / 2),
+                    None => (lifetime / REFRESH_SHARE).min(MAX_REFRESH_MARGIN),
+                };
                 // Jitter within the window: refresh when between half of and all of the margin
                 // is left, never before the 10 % (at most 60 s) point.
                 let margin = margin.mul_f64(rand::thread_rng().gen_range(0.5..=1.0));
@@ -354,36 +360,42 @@ impl Endpoint {
         if let Some(authorization) = &self.authorization {
             headers.insert(AUTHORIZATION, authorization.clone());
         }
-        let exchange = async {
-            let response = client.request(request).await.map_err(|e| {
-                tracing::debug!(token_endpoint = %self.display, error = %crate::error::chain(&e), "token request failed");
-                format!("token endpoint {} is unreachable", self.display)
-            })?;
-            let status = response.status();
-            let body = Limited::new(response.into_body(), MAX_TOKEN_RESPONSE)
-                .collect()
-                .await
-                .map_err(|_| {
-                    format!(
-                        "token endpoint {} answered {} with an unreadable or oversized body",
-                        self.display,
-                        status.as_u16()
-                    )
-                })?
-                .to_bytes();
-            Ok::<_, String>((status, body))
-        };
-        let (status, body) = tokio::time::timeout(timeout, exchange)
-            .await
-            .map_err(|_| {
-                format!(
-                    "token endpoint {} did not answer within {timeout:?}",
-                    self.display
-                )
-            })??;
+        let (status, body) = exchange(client, request, timeout, &self.display).await?;
         parse_token_response(status, &body)
             .map_err(|what| format!("token endpoint {} {what}", self.display))
     }
+}
+
+/// Send a token request and read its answer (at most [`MAX_TOKEN_RESPONSE`] bytes), all within
+/// `timeout`. Errors name the endpoint (`display`: no user info, no query) and never a secret.
+pub(crate) async fn exchange(
+    client: &HttpClient,
+    request: Request<crate::body::BoxBody>,
+    timeout: Duration,
+    display: &str,
+) -> Result<(StatusCode, Bytes), String> {
+    let display_name = display;
+    let exchange = async {
+        let response = client.request(request).await.map_err(|e| {
+            tracing::debug!(token_endpoint = %display_name, error = %crate::error::chain(&e), "token request failed");
+            format!("token endpoint {display} is unreachable")
+        })?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_TOKEN_RESPONSE)
+            .collect()
+            .await
+            .map_err(|_| {
+                format!(
+                    "token endpoint {display} answered {} with an unreadable or oversized body",
+                    status.as_u16()
+                )
+            })?
+            .to_bytes();
+        Ok::<_, String>((status, body))
+    };
+    tokio::time::timeout(timeout, exchange)
+        .await
+        .map_err(|_| format!("token endpoint {display} did not answer within {timeout:?}"))?
 }
 
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1), marked sensitive.
@@ -401,7 +413,7 @@ fn basic_authorization(client_id: &str, client_secret: &str) -> HeaderValue {
 
 /// `application/x-www-form-urlencoded` encoding (WHATWG URL §5.2): `*-._` and alphanumerics
 /// stay, space becomes `+`, every other byte is percent-encoded.
-fn form_encode(value: &str, out: &mut String) {
+pub(crate) fn form_encode(value: &str, out: &mut String) {
     for byte in value.bytes() {
         match byte {
             b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'*' | b'-' | b'.' | b'_' => {
@@ -428,7 +440,7 @@ fn safe_word(value: Option<&serde_json::Value>) -> Option<&str> {
 
 /// Read a token response (RFC 6749 §5.1, errors §5.2). The `Err` text completes the sentence
 /// "token endpoint URL …" and never holds a token or any free text of the response.
-fn parse_token_response(status: StatusCode, body: &[u8]) -> Result<Fetched, String> {
+pub(crate) fn parse_token_response(status: StatusCode, body: &[u8]) -> Result<Fetched, String> {
     let json: Option<serde_json::Value> = serde_json::from_slice(body).ok();
     if !status.is_success() {
         let code = json
@@ -479,6 +491,7 @@ fn parse_token_response(status: StatusCode, body: &[u8]) -> Result<Fetched, Stri
     Ok(Fetched {
         access_token: Secret::new(access_token),
         expires_in,
+        refresh_margin: None,
     })
 }
 
@@ -515,6 +528,7 @@ mod tests {
                 Ok(Fetched {
                     access_token: Secret::new(format!("tok-{n}")),
                     expires_in: f.lifetime,
+                    refresh_margin: None,
                 })
             })
         });
