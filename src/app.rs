@@ -17,22 +17,11 @@ use tokio::task::JoinHandle;
 use crate::admin::{serve_admin, Readiness};
 use crate::client::Clients;
 use crate::config::{self, Config};
+pub use crate::error::StartError;
 use crate::metrics::Metrics;
 use crate::proxy::{Generation, Proxy, RequestIds};
 use crate::server::serve_app;
 use crate::webhook::receiver::WebhookServer;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Build(String),
-}
 
 /// A running Outpost: its bound addresses and the handles to reload and stop it.
 pub struct App {
@@ -55,6 +44,17 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Longest a reload may spend reading the config and its secret files.
+pub const RELOAD_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Tell the metrics which upstreams and webhooks are configured now.
+fn retain_metrics(metrics: &Metrics, config: &Config) {
+    metrics.retain(
+        config.upstreams.iter().map(|u| u.name.as_str()),
+        config.webhooks.iter().map(|w| w.name.as_str()),
+    );
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -107,12 +107,14 @@ impl App {
             ready.clone(),
             stopped(admin_stop_rx),
         ));
+        retain_metrics(&metrics, &config);
         let upkeep = metrics.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tick.tick().await;
                 upkeep.run_upkeep();
+                crate::telemetry::warn_if_dropped();
             }
         });
 
@@ -173,15 +175,42 @@ impl App {
             None => {}
         }
         drop(webhooks);
+        retain_metrics(&self.metrics, &generation.config);
+        // The previous generation (and the state of upstreams this one dropped) is freed once
+        // the last request still running on it finishes.
         self.state.store(Arc::new(generation));
         Ok(())
     }
 
     /// Re-read the config file (and its secrets). An invalid file keeps the old config serving.
+    /// Reads on the calling thread; the signal loop uses [`App::reload_off_runtime`].
     pub fn reload(&self) -> bool {
         let result = config::load(&self.config_path)
             .map_err(|e| e.to_string())
             .and_then(|config| self.apply(config));
+        self.reloaded(result)
+    }
+
+    /// [`App::reload`] with the file reads on a blocking thread and bounded by
+    /// [`RELOAD_READ_TIMEOUT`]: a config or secret file that cannot be read in time (a stuck
+    /// network filesystem) fails this reload and never wedges the runtime or the next reload.
+    pub async fn reload_off_runtime(&self) -> bool {
+        let path = self.config_path.clone();
+        let read = tokio::task::spawn_blocking(move || config::load(&path));
+        let result = match tokio::time::timeout(RELOAD_READ_TIMEOUT, read).await {
+            Ok(Ok(loaded)) => loaded
+                .map_err(|e| e.to_string())
+                .and_then(|config| self.apply(config)),
+            Ok(Err(_)) => Err("config reader failed".to_string()),
+            Err(_) => Err(format!(
+                "config and secret files were not read within {}",
+                crate::config::units::format_duration(RELOAD_READ_TIMEOUT)
+            )),
+        };
+        self.reloaded(result)
+    }
+
+    fn reloaded(&self, result: Result<(), String>) -> bool {
         match result {
             Ok(()) => {
                 self.metrics.config_reload(true);
@@ -215,7 +244,13 @@ impl App {
 
 /// `outpost run`: serve until SIGTERM or SIGINT. Returns the process exit code.
 pub async fn run(config_path: &Path) -> i32 {
-    let config = match config::load(config_path) {
+    let path = config_path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+    let Ok(loaded) = loaded else {
+        eprintln!("outpost: the config reader failed");
+        return 1;
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -262,13 +297,13 @@ async fn wait_for_signals(app: &App) {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {
-                app.reload();
+                app.reload_off_runtime().await;
                 watcher.reset(watched(app));
             }
             _ = tick.tick() => {
                 if watcher.changed() {
                     tracing::info!("config or secret file changed; reloading");
-                    if app.reload() {
+                    if app.reload_off_runtime().await {
                         watcher.reset(watched(app));
                     }
                 }

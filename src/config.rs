@@ -7,6 +7,7 @@
 //! Every stage-two error names the field path and is located in the file by [`Locator`].
 //! No error message ever contains a secret's value.
 
+pub mod bounds;
 pub mod locate;
 pub mod preset;
 pub mod secret;
@@ -53,6 +54,11 @@ pub const DEFAULT_CONSECUTIVE_FAILURES: u32 = 5;
 pub const DEFAULT_WEBHOOK_TOLERANCE: Duration = Duration::from_secs(300);
 pub const DEFAULT_WEBHOOK_MAX_BODY_BYTES: u64 = 1024 * 1024;
 pub const DEFAULT_EXPECTED_REPLICAS: u32 = 2;
+pub const DEFAULT_WEBHOOK_BODY_READ_TIMEOUT: Duration = Duration::from_secs(10);
+pub const DEFAULT_WEBHOOK_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+/// Longest header value (static header or credential) the config may set: every request
+/// carries it, and upstreams refuse large header sections.
+pub const MAX_HEADER_VALUE_BYTES: usize = 16 * 1024;
 /// hyper cannot read a header section into a smaller buffer than this.
 pub const MIN_MAX_HEADER_BYTES: u64 = 8 * 1024;
 
@@ -71,6 +77,8 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    webhook_limits: RawWebhookLimits,
+    #[serde(default)]
     upstreams: UniqueMap<RawUpstream>,
     #[serde(default)]
     webhooks: UniqueMap<RawWebhook>,
@@ -84,6 +92,18 @@ struct RawLimits {
     max_connections: Option<u32>,
     /// Extension: largest request body accepted on the app listener (413 above).
     max_body_bytes: Option<Size>,
+}
+
+/// Limits of the webhook listener (public: reachable from outside the pod). The three keys it
+/// shares with `limits` default to their values there.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawWebhookLimits {
+    max_header_bytes: Option<Size>,
+    header_read_timeout: Option<Dur>,
+    max_connections: Option<u32>,
+    body_read_timeout: Option<Dur>,
+    idle_timeout: Option<Dur>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,8 +250,10 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for UniqueMap<V> {
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
                 let mut out: Vec<(String, V)> = Vec::new();
+                // A set, not a scan of `out`: 60 000 upstreams must not take 60 000² steps.
+                let mut seen: HashSet<String> = HashSet::new();
                 while let Some(key) = map.next_key::<String>()? {
-                    if out.iter().any(|(k, _)| *k == key) {
+                    if !seen.insert(key.clone()) {
                         return Err(serde::de::Error::custom(format!("duplicate key `{key}`")));
                     }
                     let value = map.next_value()?;
@@ -258,6 +280,8 @@ pub struct Config {
     pub webhook_listen: SocketAddr,
     pub drain_timeout: Duration,
     pub limits: Limits,
+    /// The webhook listener's limits (`webhook_limits`).
+    pub webhook_limits: WebhookLimits,
     pub upstreams: Vec<Arc<Upstream>>,
     pub webhooks: Vec<Arc<Webhook>>,
     /// Secret files and CA files referenced by the config: watched for changes.
@@ -274,6 +298,24 @@ pub struct Limits {
     pub max_connections: usize,
     /// Largest request body (413 above). Default: no limit.
     pub max_body_bytes: Option<u64>,
+}
+
+/// Limits of the webhook listener (`webhook_limits:`). A public listener: every wait is bounded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookLimits {
+    /// Largest request header section, bytes (431 above). Default: `limits.max_header_bytes`.
+    pub max_header_bytes: usize,
+    /// Time a client may take to send a request's headers (408 after; a connection that sent
+    /// nothing is closed). Default: `limits.header_read_timeout`.
+    pub header_read_timeout: Duration,
+    /// Time a client may take to send a whole request body once its headers are in (408
+    /// after). Default 10 s.
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Open webhook connections accepted at once (more wait in the kernel's backlog); its own
+    /// cap, apart from the app listener's. Default: `limits.max_connections`.
+    pub max_connections: usize,
 }
 
 #[derive(Debug)]
@@ -662,16 +704,33 @@ fn parse_yaml<T: DeserializeOwned>(source: &str) -> Result<T, serde_yaml::Error>
     serde_yaml::from_str(source)
 }
 
-/// Read and validate the config file at `path`.
+/// Errors listed at most (a generated file can hold thousands of the same mistake).
+pub const MAX_REPORTED_ISSUES: usize = 100;
+
+/// Largest config file read (60 000 upstreams fit in a few MiB).
+pub const MAX_CONFIG_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Read and validate the config file at `path` (a regular file of at most
+/// [`MAX_CONFIG_BYTES`], UTF-8).
 pub fn load(path: &Path) -> Result<Config, ConfigError> {
-    let source = std::fs::read_to_string(path).map_err(|e| {
+    let file = path.display().to_string();
+    let at = |line: usize, column: usize, message: String| {
         ConfigError(vec![ConfigIssue {
-            file: path.display().to_string(),
-            line: 1,
-            column: 1,
+            file: file.clone(),
+            line,
+            column,
             path: String::new(),
-            message: format!("cannot read config file: {e}"),
+            message,
         }])
+    };
+    let bytes = secret::read_regular_file(path, MAX_CONFIG_BYTES)
+        .map_err(|reason| at(1, 1, format!("cannot read config file: {reason}")))?;
+    let source = String::from_utf8(bytes).map_err(|e| {
+        let valid = &e.as_bytes()[..e.utf8_error().valid_up_to()];
+        let line = 1 + valid.iter().filter(|b| **b == b'\n').count();
+        let start = valid.iter().rposition(|b| *b == b'\n').map_or(0, |p| p + 1);
+        let column = 1 + String::from_utf8_lossy(&valid[start..]).chars().count();
+        at(line, column, "the config file is not valid UTF-8".into())
     })?;
     load_str(&source, path)
 }
@@ -679,6 +738,16 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 /// Validate config text as if read from `path` (used for messages and relative secret files).
 pub fn load_str(source: &str, path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
+    // Bounded work before the YAML parser sees the text (deep nesting, alias bombs).
+    bounds::check(source).map_err(|refused| {
+        ConfigError(vec![ConfigIssue {
+            file: file.clone(),
+            line: refused.line,
+            column: refused.column,
+            path: String::new(),
+            message: refused.message,
+        }])
+    })?;
     let raw: RawConfig = parse_yaml(source)
         .map_err(|e| ConfigError(vec![locate_duplicate(serde_issue(&file, &e), source)]))?;
     let mut v = Validator {
@@ -694,9 +763,11 @@ pub fn load_str(source: &str, path: &Path) -> Result<Config, ConfigError> {
         }
     }
     let locator = Locator::new(source);
-    let issues = v
+    let more = v.issues.len().saturating_sub(MAX_REPORTED_ISSUES);
+    let mut issues: Vec<ConfigIssue> = v
         .issues
         .into_iter()
+        .take(MAX_REPORTED_ISSUES)
         .map(|issue| {
             let (line, column) = if issue.at_value {
                 locator.value(&issue.path)
@@ -712,6 +783,15 @@ pub fn load_str(source: &str, path: &Path) -> Result<Config, ConfigError> {
             }
         })
         .collect();
+    if more > 0 {
+        issues.push(ConfigIssue {
+            file: file.clone(),
+            line: 1,
+            column: 1,
+            path: String::new(),
+            message: format!("… and {more} more errors (fix these first)"),
+        });
+    }
     Err(ConfigError(issues))
 }
 
@@ -822,6 +902,9 @@ impl Validator {
             }
         }
         let limits = self.limits(raw.limits);
+        let webhook_limits = limits
+            .as_ref()
+            .and_then(|l| self.webhook_limits(raw.webhook_limits, l));
 
         let mut upstreams = Vec::new();
         let mut seen_hosts: Vec<(String, String)> = Vec::new();
@@ -878,6 +961,7 @@ impl Validator {
             webhook_listen: webhook_listen?,
             drain_timeout: raw.drain_timeout.map_or(DEFAULT_DRAIN_TIMEOUT, |d| d.0),
             limits: limits?,
+            webhook_limits: webhook_limits?,
             upstreams,
             webhooks,
             watched_files: Vec::new(),
@@ -924,6 +1008,50 @@ impl Validator {
         })
     }
 
+    fn webhook_limits(&mut self, raw: RawWebhookLimits, app: &Limits) -> Option<WebhookLimits> {
+        let max_header_bytes = raw
+            .max_header_bytes
+            .map_or(app.max_header_bytes as u64, |s| s.0);
+        if !(MIN_MAX_HEADER_BYTES..=16 * 1024 * 1024).contains(&max_header_bytes) {
+            self.error(
+                "webhook_limits.max_header_bytes",
+                "must be between 8KiB and 16MiB",
+            );
+            return None;
+        }
+        let header_read_timeout = raw
+            .header_read_timeout
+            .map_or(app.header_read_timeout, |d| d.0);
+        let body_read_timeout = raw
+            .body_read_timeout
+            .map_or(DEFAULT_WEBHOOK_BODY_READ_TIMEOUT, |d| d.0);
+        let idle_timeout = raw
+            .idle_timeout
+            .map_or(DEFAULT_WEBHOOK_IDLE_TIMEOUT, |d| d.0);
+        for (key, value) in [
+            ("header_read_timeout", header_read_timeout),
+            ("body_read_timeout", body_read_timeout),
+            ("idle_timeout", idle_timeout),
+        ] {
+            if value.is_zero() {
+                self.error(format!("webhook_limits.{key}"), "must be greater than zero");
+            }
+        }
+        let max_connections = raw
+            .max_connections
+            .map_or(app.max_connections, |n| n as usize);
+        if max_connections == 0 {
+            self.error("webhook_limits.max_connections", "must be at least 1");
+        }
+        Some(WebhookLimits {
+            max_header_bytes: max_header_bytes as usize,
+            header_read_timeout,
+            body_read_timeout,
+            idle_timeout,
+            max_connections,
+        })
+    }
+
     fn secret(&mut self, path: &str, text: &str) -> Option<Secret> {
         let template = match SecretTemplate::parse(text) {
             Ok(t) => t,
@@ -947,6 +1075,16 @@ impl Validator {
     /// A secret that goes into a header value: must be visible ASCII (no CR/LF injection).
     fn header_secret(&mut self, path: &str, text: &str) -> Option<Secret> {
         let secret = self.secret(path, text)?;
+        if secret.expose().len() > MAX_HEADER_VALUE_BYTES {
+            self.error(
+                path,
+                format!(
+                    "value is longer than {} (value not shown)",
+                    units::format_size(MAX_HEADER_VALUE_BYTES as u64)
+                ),
+            );
+            return None;
+        }
         if HeaderValue::from_str(secret.expose()).is_err() {
             self.error(
                 path,

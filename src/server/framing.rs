@@ -118,8 +118,11 @@ fn judge(req: &httparse::Request<'_, '_>, len: usize, max: usize) -> Parsed {
     let mut listed = false;
     // Whether the last Transfer-Encoding line ends with `chunked` (hyper looks at the last).
     let mut chunked: Option<bool> = None;
+    let mut hosts = 0usize;
     for h in req.headers.iter() {
-        if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        if h.name.eq_ignore_ascii_case("host") {
+            hosts += 1;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = Some(ends_with_chunked(h.value));
         } else if h.name.eq_ignore_ascii_case("content-length") {
             let list = h.value.contains(&b',');
@@ -166,6 +169,14 @@ fn judge(req: &httparse::Request<'_, '_>, len: usize, max: usize) -> Parsed {
         (None, Some(0)) | (None, None) => BodyLength::None,
         (None, Some(n)) => BodyLength::Length(n),
     };
+    // RFC 9112 §3.2: an HTTP/1.1 request without a Host header, or any request with more
+    // than one, is answered 400 (checked after framing, so smuggling keeps its own reason).
+    if hosts > 1 {
+        return Parsed::Refused(Refusal::Bad("more than one Host header"));
+    }
+    if hosts == 0 && !http10 {
+        return Parsed::Refused(Refusal::Bad("HTTP/1.1 request without a Host header"));
+    }
     Parsed::Message(Message {
         len,
         body,
@@ -963,7 +974,7 @@ mod tests {
 
     #[test]
     fn framing_checks() {
-        let post = b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\n";
+        let post = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n\r\n";
         assert_eq!(
             message(post),
             Message {
@@ -972,50 +983,50 @@ mod tests {
                 switching: false
             }
         );
-        let same = b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
+        let same = b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n";
         assert_eq!(message(same).body, BodyLength::Length(3));
         for (head, reason) in [
             (
-                &b"POST / HTTP/1.1\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
+                &b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\n"[..],
                 "conflicting Content-Length headers",
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 3, 4\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 4\r\n\r\n",
                 "conflicting Content-Length headers",
             ),
             // hyper refuses a list even when the values agree.
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3, 3\r\n\r\n",
                 "invalid Content-Length",
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: +3\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: +3\r\n\r\n",
                 "invalid Content-Length",
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 99999999999999999999\r\n\r\n",
                 "invalid Content-Length",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
                 "request has both Transfer-Encoding and Content-Length",
             ),
             (
-                b"POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",
                 "request has both Transfer-Encoding and Content-Length",
             ),
             (b"garbage\r\n\r\n", "malformed request head"),
             (
-                b"GET / HTTP/1.1\r\nX-A: b\r\n c\r\n\r\n",
+                b"GET / HTTP/1.1\r\nHost: x\r\nX-A: b\r\n c\r\n\r\n",
                 "malformed request head",
             ),
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
                 "Transfer-Encoding must end with chunked",
             ),
             // hyper looks at the last Transfer-Encoding line only.
             (
-                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
+                b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\nTransfer-Encoding: gzip\r\n\r\n",
                 "Transfer-Encoding must end with chunked",
             ),
             (
@@ -1030,11 +1041,38 @@ mod tests {
                 String::from_utf8_lossy(head)
             );
         }
-        let gzip = b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n";
+        let gzip = b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: gzip, Chunked\r\n\r\n";
         assert_eq!(message(gzip).body, BodyLength::Chunked);
         assert_eq!(
-            message(b"GET / HTTP/1.1\r\nContent-Length: 0\r\n\r\n").body,
+            message(b"GET / HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\n\r\n").body,
             BodyLength::None
+        );
+    }
+
+    #[test]
+    fn http11_needs_exactly_one_host() {
+        assert_eq!(
+            refused(b"GET / HTTP/1.1\r\n\r\n"),
+            Refusal::Bad("HTTP/1.1 request without a Host header")
+        );
+        assert_eq!(
+            refused(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Refusal::Bad("more than one Host header")
+        );
+        assert_eq!(
+            refused(b"GET / HTTP/1.1\r\nHost: a\r\nhost: a\r\n\r\n"),
+            Refusal::Bad("more than one Host header")
+        );
+        assert_eq!(
+            refused(b"GET / HTTP/1.0\r\nHost: a\r\nHost: b\r\n\r\n"),
+            Refusal::Bad("more than one Host header")
+        );
+        // HTTP/1.0 has no Host requirement.
+        assert_eq!(message(b"GET / HTTP/1.0\r\n\r\n").body, BodyLength::None);
+        // Smuggling keeps its own reason.
+        assert_eq!(
+            refused(b"POST / HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Refusal::Bad("request has both Transfer-Encoding and Content-Length")
         );
     }
 
@@ -1043,33 +1081,39 @@ mod tests {
         // Bare LF line endings, and the blank lines allowed before a request line, as hyper.
         assert_eq!(message(b"GET / HTTP/1.1\nHost: x\n\n").len, 24);
         assert_eq!(message(b"GET / HTTP/1.1\nHost: x\n\r\n").len, 25);
-        assert_eq!(message(b"\r\n\r\nGET / HTTP/1.1\r\n\r\nrest").len, 22);
+        assert_eq!(
+            message(b"\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\nrest").len,
+            31
+        );
         assert_eq!(
             check_head(b"GET / HTTP/1.1\r\nHost: x\r\n", MAX),
             Parsed::Partial
         );
         assert_eq!(check_head(b"\r\n\r\n", MAX), Parsed::Partial);
-        assert!(message(b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\n\r\n").switching);
-        assert!(message(b"CONNECT a:443 HTTP/1.1\r\n\r\n").switching);
-        assert!(!message(b"GET / HTTP/1.1\r\nConnection: upgrade\r\n\r\n").switching);
+        assert!(message(b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\r\n").switching);
+        assert!(message(b"CONNECT a:443 HTTP/1.1\r\nHost: x\r\n\r\n").switching);
+        assert!(!message(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\n\r\n").switching);
     }
 
     #[test]
     fn size_limits() {
         let many: String = (0..100).map(|i| format!("X-H{i}: v\r\n")).collect();
-        let head = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{many}\r\n");
         assert_eq!(
             message(head.as_bytes()).len,
             head.len(),
             "more than the inline headers"
         );
         let too_many: String = (0..MAX_HEADERS + 1).map(|_| "A: b\r\n").collect();
-        let head = format!("GET / HTTP/1.1\r\n{too_many}\r\n");
+        let head = format!("GET / HTTP/1.1\r\nHost: x\r\n{too_many}\r\n");
         assert_eq!(
             check_head(head.as_bytes(), 1 << 20),
             Parsed::Refused(Refusal::TooLarge)
         );
-        let big = format!("GET / HTTP/1.1\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: x\r\nX-Big: {}\r\n\r\n",
+            "a".repeat(MAX)
+        );
         assert_eq!(refused(big.as_bytes()), Refusal::TooLarge);
     }
 
@@ -1103,14 +1147,14 @@ mod tests {
     }
 
     const GET: &[u8] = b"GET /a HTTP/1.1\r\nHost: x\r\n\r\n";
-    const CHUNKED: &[u8] = b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n\
+    const CHUNKED: &[u8] = b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n\
         5;ext=1\r\nhello\r\n1A \r\nabcdefghijklmnopqrstuvwxyz\r\n0\r\nX-Trailer: t\r\n\r\n";
-    const SMUGGLE: &[u8] = b"POST /s HTTP/1.1\r\nContent-Length: 4\r\n\
+    const SMUGGLE: &[u8] = b"POST /s HTTP/1.1\r\nHost: x\r\nContent-Length: 4\r\n\
         Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n";
 
     #[test]
     fn pipelined_messages_pass_and_a_bad_one_stops_them() {
-        let length = b"POST /l HTTP/1.1\r\nContent-Length: 54\r\n\r\n\
+        let length = b"POST /l HTTP/1.1\r\nHost: x\r\nContent-Length: 54\r\n\r\n\
             GET /x HTTP/1.1\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
         let stream = [GET, CHUNKED, &length[..], GET].concat();
         let mut tracker = Tracker::new(MAX);
@@ -1162,14 +1206,18 @@ mod tests {
     #[test]
     fn oversized_partial_heads_are_refused() {
         let mut tracker = Tracker::new(64);
-        let (passed, stop) = feed(&mut tracker, &[GET, b"GET / HTTP/1.1\r\n", &[b'x'; 64]]);
+        let (passed, stop) = feed(
+            &mut tracker,
+            &[GET, b"GET / HTTP/1.1\r\nHost: x\r\n", &[b'x'; 64]],
+        );
         assert_eq!(passed, GET);
         assert_eq!(stop, Stop::Refuse(Refusal::TooLarge));
     }
 
     #[test]
     fn invalid_chunked_bodies_are_cut_after_the_bad_byte() {
-        let stream = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n";
+        let stream =
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhelloXX\r\n";
         let mut tracker = Tracker::new(MAX);
         let scan = tracker.scan(stream);
         assert_eq!(
@@ -1181,7 +1229,7 @@ mod tests {
         );
         let mut tracker = Tracker::new(MAX);
         let overflow =
-            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n";
+            b"POST / HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n1ffffffffffffffff\r\n";
         assert_eq!(tracker.scan(overflow).stop, Stop::Cut);
     }
 
@@ -1205,7 +1253,8 @@ mod tests {
         );
         assert!(tracker.is_tunnel());
 
-        let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let upgrade =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
         let stream = [&upgrade[..], SMUGGLE].concat();
         let mut tracker = Tracker::new(MAX);
         assert_eq!(
@@ -1250,7 +1299,7 @@ mod tests {
         prop_oneof![
             proptest::collection::vec(any::<u8>(), 0..64),
             Just(SMUGGLE.to_vec()),
-            Just(b"\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\n\r\n".to_vec()),
+            Just(b"\r\n\r\n0\r\n\r\nGET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec()),
         ]
     }
 
@@ -1294,8 +1343,11 @@ mod tests {
                 }
                 Request::Length(body) => {
                     out.extend_from_slice(
-                        format!("POST /l HTTP/1.1\r\nContent-Length: {}\r\n\r\n", body.len())
-                            .as_bytes(),
+                        format!(
+                            "POST /l HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+                            body.len()
+                        )
+                        .as_bytes(),
                     );
                     let head = out.len();
                     out.extend_from_slice(body);
@@ -1307,7 +1359,7 @@ mod tests {
                     trailer,
                 } => {
                     out.extend_from_slice(
-                        b"POST /c HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+                        b"POST /c HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n",
                     );
                     let head = out.len();
                     for chunk in chunks {
@@ -1471,7 +1523,8 @@ mod tests {
 
     #[tokio::test]
     async fn bytes_after_a_switching_request_wait_for_its_answer() {
-        let upgrade = b"GET /ws HTTP/1.1\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
+        let upgrade =
+            b"GET /ws HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n";
         // Switched: what follows is the tunnel's, whatever it looks like.
         let (mut client, server) = duplex(1 << 16);
         let mut framed = over(server);
@@ -1515,7 +1568,7 @@ mod tests {
         let shared = framed.shared();
         client.write_all(GET).await.unwrap();
         client
-            .write_all(b"GET /slow HTTP/1.1\r\nX-Partial: ")
+            .write_all(b"GET /slow HTTP/1.1\r\nHost: x\r\nX-Partial: ")
             .await
             .unwrap();
         assert_eq!(framed.first_head().await.unwrap(), First::Serve);

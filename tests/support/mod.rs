@@ -906,6 +906,14 @@ pub struct RawConn {
 }
 
 impl RawConn {
+    /// Wrap a connection opened elsewhere.
+    pub fn from_stream(stream: TcpStream) -> RawConn {
+        RawConn {
+            stream,
+            buf: BytesMut::new(),
+        }
+    }
+
     pub async fn connect(addr: SocketAddr) -> RawConn {
         let stream = guard("raw connect", TcpStream::connect(addr))
             .await
