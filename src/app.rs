@@ -5,9 +5,11 @@
 //! exited): `/readyz` turns 503, the app listener stops accepting, in-flight requests finish
 //! (bounded by `drain_timeout`), then the admin listener closes and the process exits 0.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -16,11 +18,13 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{serve_admin, Readiness};
 use crate::client::Clients;
+use crate::config::Limits;
 use crate::config::{self, Config};
+use crate::error::ProxyError;
 pub use crate::error::StartError;
 use crate::metrics::Metrics;
 use crate::proxy::{Generation, Proxy, RequestIds};
-use crate::server::serve_app;
+use crate::server::{serve_checked, ListenerLimits, Refusals};
 use crate::webhook::receiver::WebhookServer;
 
 /// A running Outpost: its bound addresses and the handles to reload and stop it.
@@ -240,6 +244,38 @@ impl App {
         let _ = self.admin_stop.send(true);
         let _ = self.admin_task.await;
     }
+}
+
+impl Refusals for Proxy {
+    fn refused(&self, error: &ProxyError) -> String {
+        let status = error.status().as_u16();
+        let request_id = Proxy::refused(self, status);
+        tracing::info!(target: "outpost::access", request_id, upstream = crate::metrics::NO_UPSTREAM, status, error = %error, "connection refused before routing");
+        request_id
+    }
+}
+
+/// Serve the app listener until `shutdown` resolves, then let in-flight requests finish for
+/// up to `drain_timeout`.
+pub async fn serve_app(
+    listener: TcpListener,
+    proxy: Proxy,
+    limits: Limits,
+    drain_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let handler = proxy.clone();
+    serve_checked(
+        listener,
+        ListenerLimits::app(&limits),
+        drain_timeout,
+        "app",
+        shutdown,
+        Arc::new(proxy),
+        // Called inside the service's future, so `serve`'s future is built in place.
+        move |req| handler.clone().serve(req),
+    )
+    .await;
 }
 
 /// `outpost run`: serve until SIGTERM or SIGINT. Returns the process exit code.

@@ -1,8 +1,9 @@
 //! The listeners' connection loop: accepts connections (bounded by `max_connections`),
 //! enforces the header-read timeout, the keep-alive idle timeout and the header-size limit, and
 //! serves HTTP/1.1 and HTTP/2 (h2c prior knowledge, for gRPC) with upgrades, until told to
-//! drain. The app listener ([`serve_app`]) and the webhook listener
+//! drain. The app listener (`app::serve_app`) and the webhook listener
 //! (`webhook::receiver::serve`) both run on [`serve_checked`], so both get the same head checks.
+//! Generic over the handler: this module knows nothing of the proxy or the webhooks.
 //!
 //! hyper closes a connection silently when its header timer fires, answers an oversized header
 //! section with an empty 431, and quietly drops `Content-Length` when `Transfer-Encoding` comes
@@ -24,15 +25,12 @@ use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
 use crate::body::BoxBody;
 use crate::config::{Limits, WebhookLimits};
 use crate::error::{ErrorBody, ProxyError};
-use crate::proxy::Proxy;
 use framing::{Answer, Exchange, First, Framed, Refusal};
 
 /// How long a kept-alive connection may sit idle (or trickle its next request's headers).
@@ -87,38 +85,6 @@ pub trait Refusals: Send + Sync + 'static {
     fn refused(&self, error: &ProxyError) -> String;
 }
 
-impl Refusals for Proxy {
-    fn refused(&self, error: &ProxyError) -> String {
-        let status = error.status().as_u16();
-        let request_id = Proxy::refused(self, status);
-        tracing::info!(target: "outpost::access", request_id, upstream = crate::metrics::NO_UPSTREAM, status, error = %error, "connection refused before routing");
-        request_id
-    }
-}
-
-/// Serve the app listener until `shutdown` resolves, then let in-flight requests finish for
-/// up to `drain_timeout`.
-pub async fn serve_app(
-    listener: TcpListener,
-    proxy: Proxy,
-    limits: Limits,
-    drain_timeout: Duration,
-    shutdown: impl Future<Output = ()>,
-) {
-    let handler = proxy.clone();
-    serve_checked(
-        listener,
-        ListenerLimits::app(&limits),
-        drain_timeout,
-        "app",
-        shutdown,
-        Arc::new(proxy),
-        // Called inside the service's future, so `serve`'s future is built in place.
-        move |req| handler.clone().serve(req),
-    )
-    .await;
-}
-
 /// Serve HTTP/1.1 and HTTP/2 on `listener` with every HTTP/1 request head checked by
 /// [`framing`] first (refusals answered with Outpost's JSON errors), until `shutdown`.
 pub async fn serve_checked<R, H, Fut>(
@@ -137,7 +103,7 @@ pub async fn serve_checked<R, H, Fut>(
     let builder = Arc::new(builder(&limits));
     let limits = Arc::new(limits);
     let max_connections = limits.max_connections;
-    accept_loop(
+    crate::net::accept_loop(
         listener,
         max_connections,
         drain_timeout,
@@ -184,60 +150,6 @@ pub async fn serve_checked<R, H, Fut>(
         },
     )
     .await;
-}
-
-/// Accept connections until `shutdown` (at most `max_connections` open at once: more wait in
-/// the kernel's backlog), run `serve` for each on its own task, then give open connections up
-/// to `drain_timeout` to finish. `serve` gets a graceful-shutdown watcher for its connection.
-pub async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    max_connections: usize,
-    drain_timeout: Duration,
-    what: &'static str,
-    shutdown: impl Future<Output = ()>,
-    serve: F,
-) where
-    F: Fn(TcpStream, Watcher) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-            () = &mut shutdown => break,
-        };
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = what, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = serve(stream, graceful.watcher());
-        tokio::spawn(async move {
-            let _permit = permit;
-            connection.await;
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener = what,
-            ?drain_timeout,
-            "drain timeout reached with requests still in flight"
-        );
-    }
 }
 
 fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {

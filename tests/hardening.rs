@@ -81,9 +81,7 @@ async fn http11_requests_need_exactly_one_host() {
         let answer = raw_request(proxy.addr, head).await;
         let body = answer.assert_error(400, "bad_request");
         assert!(
-            body["message"]
-                .as_str()
-                .is_some_and(|m| m.contains("Host")),
+            body["message"].as_str().is_some_and(|m| m.contains("Host")),
             "{what}: {body}"
         );
     }

@@ -36,9 +36,9 @@ use crate::config::{Config, Webhook, WebhookLimits};
 use crate::error::StartError;
 use crate::error::{ErrorBody, ProxyError, X_REQUEST_ID};
 use crate::metrics::{Metrics, WEBHOOKS_TOTAL};
-use crate::proxy::RequestIds;
+use crate::net::headers::{sanitize_request, sanitize_response};
+use crate::net::RequestIds;
 use crate::server::{ListenerLimits, Refusals};
-use crate::stack::headers::{sanitize_request, sanitize_response};
 
 pub static X_OUTPOST_WEBHOOK: HeaderName = HeaderName::from_static("x-outpost-webhook");
 pub static X_OUTPOST_VERIFIED: HeaderName = HeaderName::from_static("x-outpost-verified");
