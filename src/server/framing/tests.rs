@@ -437,8 +437,8 @@ fn encode(requests: &[Request]) -> (Vec<u8>, Vec<(usize, usize, usize)>) {
 proptest! {
     #[test]
     fn arbitrary_bytes_split_anywhere_never_panic(
-        bytes in proptest::collection::vec(any::<u8>(), 0..1024),
-        cuts in proptest::collection::vec(0usize..1024, 0..8),
+        bytes in proptest::collection::vec(any::<u8>(), 0..8192),
+        cuts in proptest::collection::vec(0usize..8192, 0..16),
         max in 16usize..2048,
     ) {
         let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(bytes.len())).collect();
