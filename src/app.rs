@@ -5,9 +5,11 @@
 //! exited): `/readyz` turns 503, the app listener stops accepting, in-flight requests finish
 //! (bounded by `drain_timeout`), then the admin listener closes and the process exits 0.
 
+use std::future::Future;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
 use tokio::net::TcpListener;
@@ -16,23 +18,14 @@ use tokio::task::JoinHandle;
 
 use crate::admin::{serve_admin, Readiness};
 use crate::client::Clients;
+use crate::config::Limits;
 use crate::config::{self, Config};
+use crate::error::ProxyError;
+pub use crate::error::StartError;
 use crate::metrics::Metrics;
 use crate::proxy::{Generation, Proxy, RequestIds};
-use crate::server::serve_app;
+use crate::server::{serve_checked, ListenerLimits, Refusals};
 use crate::webhook::receiver::WebhookServer;
-
-#[derive(Debug, thiserror::Error)]
-pub enum StartError {
-    #[error("cannot listen on {addr} ({what}): {source}")]
-    Bind {
-        what: &'static str,
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
-    Build(String),
-}
 
 /// A running Outpost: its bound addresses and the handles to reload and stop it.
 pub struct App {
@@ -55,6 +48,17 @@ async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, Start
     TcpListener::bind(addr)
         .await
         .map_err(|source| StartError::Bind { what, addr, source })
+}
+
+/// Longest a reload may spend reading the config and its secret files.
+pub const RELOAD_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Tell the metrics which upstreams and webhooks are configured now.
+fn retain_metrics(metrics: &Metrics, config: &Config) {
+    metrics.retain(
+        config.upstreams.iter().map(|u| u.name.as_str()),
+        config.webhooks.iter().map(|w| w.name.as_str()),
+    );
 }
 
 async fn stopped(mut rx: watch::Receiver<bool>) {
@@ -107,12 +111,14 @@ impl App {
             ready.clone(),
             stopped(admin_stop_rx),
         ));
+        retain_metrics(&metrics, &config);
         let upkeep = metrics.clone();
         tokio::spawn(async move {
             let mut tick = tokio::time::interval(std::time::Duration::from_secs(5));
             loop {
                 tick.tick().await;
                 upkeep.run_upkeep();
+                crate::telemetry::warn_if_dropped();
             }
         });
 
@@ -173,15 +179,42 @@ impl App {
             None => {}
         }
         drop(webhooks);
+        retain_metrics(&self.metrics, &generation.config);
+        // The previous generation (and the state of upstreams this one dropped) is freed once
+        // the last request still running on it finishes.
         self.state.store(Arc::new(generation));
         Ok(())
     }
 
     /// Re-read the config file (and its secrets). An invalid file keeps the old config serving.
+    /// Reads on the calling thread; the signal loop uses [`App::reload_off_runtime`].
     pub fn reload(&self) -> bool {
         let result = config::load(&self.config_path)
             .map_err(|e| e.to_string())
             .and_then(|config| self.apply(config));
+        self.reloaded(result)
+    }
+
+    /// [`App::reload`] with the file reads on a blocking thread and bounded by
+    /// [`RELOAD_READ_TIMEOUT`]: a config or secret file that cannot be read in time (a stuck
+    /// network filesystem) fails this reload and never wedges the runtime or the next reload.
+    pub async fn reload_off_runtime(&self) -> bool {
+        let path = self.config_path.clone();
+        let read = tokio::task::spawn_blocking(move || config::load(&path));
+        let result = match tokio::time::timeout(RELOAD_READ_TIMEOUT, read).await {
+            Ok(Ok(loaded)) => loaded
+                .map_err(|e| e.to_string())
+                .and_then(|config| self.apply(config)),
+            Ok(Err(_)) => Err("config reader failed".to_string()),
+            Err(_) => Err(format!(
+                "config and secret files were not read within {}",
+                crate::config::units::format_duration(RELOAD_READ_TIMEOUT)
+            )),
+        };
+        self.reloaded(result)
+    }
+
+    fn reloaded(&self, result: Result<(), String>) -> bool {
         match result {
             Ok(()) => {
                 self.metrics.config_reload(true);
@@ -213,9 +246,47 @@ impl App {
     }
 }
 
+impl Refusals for Proxy {
+    fn refused(&self, error: &ProxyError) -> String {
+        let status = error.status().as_u16();
+        let request_id = Proxy::refused(self, status);
+        tracing::info!(target: "outpost::access", request_id, upstream = crate::metrics::NO_UPSTREAM, status, error = %error, "connection refused before routing");
+        request_id
+    }
+}
+
+/// Serve the app listener until `shutdown` resolves, then let in-flight requests finish for
+/// up to `drain_timeout`.
+pub async fn serve_app(
+    listener: TcpListener,
+    proxy: Proxy,
+    limits: Limits,
+    drain_timeout: Duration,
+    shutdown: impl Future<Output = ()>,
+) {
+    let handler = proxy.clone();
+    serve_checked(
+        listener,
+        ListenerLimits::app(&limits),
+        drain_timeout,
+        "app",
+        shutdown,
+        Arc::new(proxy),
+        // Called inside the service's future, so `serve`'s future is built in place.
+        move |req| handler.clone().serve(req),
+    )
+    .await;
+}
+
 /// `outpost run`: serve until SIGTERM or SIGINT. Returns the process exit code.
 pub async fn run(config_path: &Path) -> i32 {
-    let config = match config::load(config_path) {
+    let path = config_path.to_path_buf();
+    let loaded = tokio::task::spawn_blocking(move || config::load(&path)).await;
+    let Ok(loaded) = loaded else {
+        eprintln!("outpost: the config reader failed");
+        return 1;
+    };
+    let config = match loaded {
         Ok(c) => c,
         Err(e) => {
             eprintln!("{e}");
@@ -262,13 +333,13 @@ async fn wait_for_signals(app: &App) {
             _ = term.recv() => return,
             _ = int.recv() => return,
             _ = hup.recv() => {
-                app.reload();
+                app.reload_off_runtime().await;
                 watcher.reset(watched(app));
             }
             _ = tick.tick() => {
                 if watcher.changed() {
                     tracing::info!("config or secret file changed; reloading");
-                    if app.reload() {
+                    if app.reload_off_runtime().await {
                         watcher.reset(watched(app));
                     }
                 }

@@ -156,6 +156,16 @@ pub fn summary(config: &Config) -> String {
     ));
     if !config.webhooks.is_empty() {
         let _ = writeln!(out, "\nwebhooks (on {}):", config.webhook_listen);
+        let l = &config.webhook_limits;
+        let _ = writeln!(
+            out,
+            "limits: max header {}  header {}  body {}  idle {}  max connections {}",
+            format_size(l.max_header_bytes as u64),
+            format_duration(l.header_read_timeout),
+            format_duration(l.body_read_timeout),
+            format_duration(l.idle_timeout),
+            l.max_connections
+        );
         let rows: Vec<Vec<String>> = config
             .webhooks
             .iter()

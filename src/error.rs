@@ -276,6 +276,19 @@ pub fn classify_status(status: StatusCode) -> Option<&'static str> {
     }
 }
 
+/// Why Outpost could not start serving (or a reload could not bind a listener it needs).
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Build(String),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -15,6 +15,7 @@ pub mod demo;
 pub mod error;
 pub mod metrics;
 pub mod mock;
+pub mod net;
 pub mod proxy;
 pub mod reload;
 pub mod route;

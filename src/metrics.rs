@@ -22,6 +22,8 @@ pub const AUTH_KEY_HEALTHY: &str = "outpost_auth_key_healthy";
 /// Extension: 1 while an upstream's shared (Redis) rate limit is not reachable and each replica
 /// limits itself to `rate / expected_replicas`.
 pub const RATE_LIMIT_SHARED_DEGRADED: &str = "outpost_rate_limit_shared_degraded";
+/// Log lines dropped because the log sink (stderr) was slower than the proxy (DESIGN.md).
+pub const LOG_LINES_DROPPED_TOTAL: &str = "outpost_log_lines_dropped_total";
 
 /// Every metric name Outpost exports (used by tests that check dashboards and alerts).
 pub const ALL: &[&str] = &[
@@ -39,9 +41,10 @@ pub const ALL: &[&str] = &[
     RATE_LIMIT_QUEUED,
     AUTH_KEY_HEALTHY,
     RATE_LIMIT_SHARED_DEGRADED,
+    LOG_LINES_DROPPED_TOTAL,
 ];
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, RwLock};
 
 use http::Method;
@@ -64,6 +67,18 @@ static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Leve
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
+    /// Upstream and webhook names a reload removed: their series are left out of
+    /// [`Metrics::render`] (the exporter cannot forget a series) until a config names them again.
+    retired: Arc<RwLock<Retired>>,
+    log_lines_dropped: Counter,
+}
+
+#[derive(Default)]
+struct Retired {
+    upstreams: HashSet<String>,
+    webhooks: HashSet<String>,
+    live_upstreams: HashSet<String>,
+    live_webhooks: HashSet<String>,
 }
 
 impl Default for Metrics {
@@ -82,9 +97,14 @@ impl Metrics {
             .expect("static bucket list is not empty")
             .build_recorder();
         let handle = recorder.handle();
+        let recorder = Arc::new(recorder);
+        let log_lines_dropped =
+            recorder.register_counter(&Key::from_static_name(LOG_LINES_DROPPED_TOTAL), &METADATA);
         let metrics = Metrics {
-            recorder: Arc::new(recorder),
+            recorder,
             handle,
+            retired: Arc::default(),
+            log_lines_dropped,
         };
         metrics.describe();
         metrics
@@ -156,6 +176,11 @@ impl Metrics {
             None,
             "1 while a pooled key is in rotation, 0 once the upstream rejected it.".into(),
         );
+        r.describe_counter(
+            d(LOG_LINES_DROPPED_TOTAL),
+            None,
+            "Log lines dropped because the log sink was slower than the proxy.".into(),
+        );
         r.describe_gauge(
             d(RATE_LIMIT_SHARED_DEGRADED),
             None,
@@ -164,9 +189,38 @@ impl Metrics {
         );
     }
 
-    /// Prometheus text exposition.
+    /// Prometheus text exposition, without the series of upstreams and webhooks that a
+    /// reload removed.
     pub fn render(&self) -> String {
-        self.handle.render()
+        self.log_lines_dropped.absolute(crate::telemetry::dropped());
+        let text = self.handle.render();
+        let retired = self.retired.read().unwrap_or_else(|e| e.into_inner());
+        if retired.upstreams.is_empty() && retired.webhooks.is_empty() {
+            return text;
+        }
+        let mut out = String::with_capacity(text.len());
+        for line in text.lines() {
+            if !line.starts_with('#') && retired.hides(line) {
+                continue;
+            }
+            out.push_str(line);
+            out.push('\n');
+        }
+        out
+    }
+
+    /// At start and after each reload, with the names the config serving now has: the series
+    /// of upstreams and webhooks no longer configured stop being exported (a later config that
+    /// brings a name back brings its series back, counting on).
+    pub fn retain<'a>(
+        &self,
+        upstreams: impl IntoIterator<Item = &'a str>,
+        webhooks: impl IntoIterator<Item = &'a str>,
+    ) {
+        let mut retired = self.retired.write().unwrap_or_else(|e| e.into_inner());
+        let r = &mut *retired;
+        swap_names(&mut r.live_upstreams, &mut r.upstreams, upstreams);
+        swap_names(&mut r.live_webhooks, &mut r.webhooks, webhooks);
     }
 
     /// Periodic housekeeping of the exporter (histogram buffers).
@@ -195,6 +249,35 @@ impl Metrics {
             vec![Label::new("result", if ok { "ok" } else { "error" })],
         )
         .increment(1);
+    }
+}
+
+/// `live` becomes `now`; names that left it join `retired`, names in it leave `retired`.
+fn swap_names<'a>(
+    live: &mut HashSet<String>,
+    retired: &mut HashSet<String>,
+    now: impl IntoIterator<Item = &'a str>,
+) {
+    let now: HashSet<String> = now.into_iter().map(str::to_string).collect();
+    for gone in live.difference(&now) {
+        retired.insert(gone.clone());
+    }
+    for name in &now {
+        retired.remove(name);
+    }
+    *live = now;
+}
+
+impl Retired {
+    /// True when a sample line carries `upstream="<retired>"` or `webhook="<retired>"`.
+    fn hides(&self, line: &str) -> bool {
+        let value = |label: &str| {
+            let start = line.find(label)? + label.len();
+            let end = line[start..].find('"')?;
+            Some(&line[start..start + end])
+        };
+        value("upstream=\"").is_some_and(|v| self.upstreams.contains(v))
+            || value("webhook=\"").is_some_and(|v| self.webhooks.contains(v))
     }
 }
 
@@ -329,5 +412,31 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("# HELP outpost_requests_total"), "{text}");
+        assert!(text.contains("outpost_log_lines_dropped_total "), "{text}");
+    }
+
+    #[test]
+    fn removed_upstreams_and_webhooks_leave_the_exposition() {
+        let metrics = Metrics::new();
+        metrics.retain(["a", "b"], ["hook"]);
+        UpstreamMetrics::new(&metrics, "a").request(&Method::GET, 200);
+        UpstreamMetrics::new(&metrics, "b").request(&Method::GET, 200);
+        metrics
+            .counter(WEBHOOKS_TOTAL, vec![Label::new("webhook", "hook")])
+            .increment(1);
+        let text = metrics.render();
+        assert!(text.contains(r#"upstream="b""#) && text.contains(r#"webhook="hook""#));
+
+        metrics.retain(["a"], []);
+        let text = metrics.render();
+        assert!(!text.contains(r#"upstream="b""#), "{text}");
+        assert!(!text.contains(r#"webhook="hook""#), "{text}");
+        assert!(text.contains(r#"upstream="a""#), "{text}");
+
+        // Back again: its series come back, still counting.
+        metrics.retain(["a", "b"], []);
+        assert!(metrics
+            .render()
+            .contains(r#"outpost_requests_total{upstream="b",method="GET",status="200"} 1"#));
     }
 }

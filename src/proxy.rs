@@ -5,12 +5,10 @@
 //! changes the upstream under a request in flight.
 
 use std::convert::Infallible;
-use std::io::Write as _;
-use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, Version};
 use http_body_util::{BodyExt, Limited};
@@ -70,58 +68,7 @@ impl Generation {
     }
 }
 
-/// Request ids: the application's `x-request-id` when it is sane, else a process prefix and a
-/// counter (cheap, unique within the process, unguessable across restarts).
-pub struct RequestIds {
-    prefix: String,
-    next: AtomicU64,
-}
-
-impl Default for RequestIds {
-    fn default() -> Self {
-        RequestIds {
-            prefix: format!("{:08x}", rand::random::<u32>()),
-            next: AtomicU64::new(1),
-        }
-    }
-}
-
-impl RequestIds {
-    /// A new id, `{prefix}-{counter in hex}`.
-    pub fn next(&self) -> String {
-        String::from_utf8(self.next_bytes()).unwrap_or_default()
-    }
-
-    /// [`RequestIds::next`] as bytes, in a buffer of exactly its length (so `Bytes::from` and
-    /// `String::from_utf8` take it without copying).
-    fn next_bytes(&self) -> Vec<u8> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
-        let hex_digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
-        let mut id = Vec::with_capacity(self.prefix.len() + 1 + hex_digits);
-        id.extend_from_slice(self.prefix.as_bytes());
-        id.push(b'-');
-        let _ = write!(id, "{n:x}");
-        id
-    }
-
-    /// The request's id as the `x-request-id` value it is answered with: the application's own
-    /// when sane (no copy), else a new one (one allocation, no re-validation).
-    fn for_request<B>(&self, req: &Request<B>) -> HeaderValue {
-        if let Some(id) = req.headers().get(&X_REQUEST_ID) {
-            let bytes = id.as_bytes();
-            if !bytes.is_empty()
-                && bytes.len() <= 128
-                && bytes
-                    .iter()
-                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
-            {
-                return id.clone();
-            }
-        }
-        HeaderValue::from_maybe_shared(Bytes::from(self.next_bytes()))
-            .unwrap_or_else(|_| HeaderValue::from_static("invalid"))
-    }
-}
+pub use crate::net::RequestIds;
 
 /// The app listener's service. Cheap to clone (one per connection).
 #[derive(Clone)]
@@ -364,44 +311,4 @@ fn check_target<B>(req: &Request<B>) -> Result<(), ProxyError> {
         ));
     }
     Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn request(id: Option<&str>) -> Request<()> {
-        let mut req = Request::new(());
-        if let Some(id) = id {
-            req.headers_mut()
-                .insert(&X_REQUEST_ID, HeaderValue::from_str(id).unwrap());
-        }
-        req
-    }
-
-    #[test]
-    fn request_ids_keep_a_sane_application_id_and_replace_the_rest() {
-        let ids = RequestIds::default();
-        assert_eq!(
-            ids.for_request(&request(Some("app-1.2:x_y"))),
-            "app-1.2:x_y"
-        );
-        let first = ids.for_request(&request(None));
-        let second = ids.for_request(&request(Some("has space")));
-        let third = ids.for_request(&request(Some(&"x".repeat(129))));
-        let prefix = &ids.prefix;
-        assert_eq!(first, format!("{prefix}-1").as_str());
-        assert_eq!(second, format!("{prefix}-2").as_str());
-        assert_eq!(third, format!("{prefix}-3").as_str());
-        ids.next.store(0xabc_def0_1234, Ordering::Relaxed);
-        assert_eq!(
-            ids.for_request(&request(None)),
-            format!("{prefix}-abcdef01234").as_str()
-        );
-        ids.next.store(u64::MAX, Ordering::Relaxed);
-        assert_eq!(
-            ids.for_request(&request(None)),
-            format!("{prefix}-ffffffffffffffff").as_str()
-        );
-    }
 }

@@ -1,6 +1,9 @@
-//! The app listener: accepts connections (bounded by `limits.max_connections`), enforces the
-//! header-read timeout and header-size limit, and serves HTTP/1.1 and HTTP/2 (h2c prior
-//! knowledge, for gRPC) with upgrades, until told to drain.
+//! The listeners' connection loop: accepts connections (bounded by `max_connections`),
+//! enforces the header-read timeout, the keep-alive idle timeout and the header-size limit, and
+//! serves HTTP/1.1 and HTTP/2 (h2c prior knowledge, for gRPC) with upgrades, until told to
+//! drain. The app listener (`app::serve_app`) and the webhook listener
+//! (`webhook::receiver::serve`) both run on [`serve_checked`], so both get the same head checks.
+//! Generic over the handler: this module knows nothing of the proxy or the webhooks.
 //!
 //! hyper closes a connection silently when its header timer fires, answers an oversized header
 //! section with an empty 431, and quietly drops `Content-Length` when `Transfer-Encoding` comes
@@ -17,19 +20,17 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::{Method, Request, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
 
-use crate::config::Limits;
+use crate::body::BoxBody;
+use crate::config::{Limits, WebhookLimits};
 use crate::error::{ErrorBody, ProxyError};
-use crate::proxy::Proxy;
 use framing::{Answer, Exchange, First, Framed, Refusal};
 
 /// How long a kept-alive connection may sit idle (or trickle its next request's headers).
@@ -41,45 +42,92 @@ const KEEP_ALIVE_IDLE: Duration = Duration::from_secs(75);
 const LINGER: Duration = Duration::from_secs(2);
 const LINGER_BYTES: usize = 1 << 20;
 
-/// Serve the app listener until `shutdown` resolves, then let in-flight requests finish for
-/// up to `drain_timeout`.
-pub async fn serve_app(
+/// What one listener enforces on each connection before a handler sees a request.
+#[derive(Clone, Debug)]
+pub struct ListenerLimits {
+    /// Largest request head (431 above).
+    pub max_header_bytes: usize,
+    /// Time to send a request head once begun (408 after); a connection that sends nothing
+    /// in this time is closed.
+    pub header_read_timeout: Duration,
+    /// How long a kept-alive HTTP/1 connection may wait for its next request's head to be
+    /// complete (hyper's timer: the connection is closed without an answer).
+    pub idle_timeout: Duration,
+    /// Connections served at once; more wait in the kernel's backlog.
+    pub max_connections: usize,
+}
+
+impl ListenerLimits {
+    /// The app listener's (`limits:`).
+    pub fn app(limits: &Limits) -> Self {
+        ListenerLimits {
+            max_header_bytes: limits.max_header_bytes,
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: KEEP_ALIVE_IDLE.max(limits.header_read_timeout),
+            max_connections: limits.max_connections,
+        }
+    }
+
+    /// The webhook listener's (`webhook_limits:`).
+    pub fn webhook(limits: &WebhookLimits) -> Self {
+        ListenerLimits {
+            max_header_bytes: limits.max_header_bytes,
+            header_read_timeout: limits.header_read_timeout,
+            idle_timeout: limits.idle_timeout,
+            max_connections: limits.max_connections,
+        }
+    }
+}
+
+/// Who counts and logs a request head refused by the listener (before any handler saw it).
+pub trait Refusals: Send + Sync + 'static {
+    /// Count and log the refusal; returns the request id its answer carries.
+    fn refused(&self, error: &ProxyError) -> String;
+}
+
+/// Serve HTTP/1.1 and HTTP/2 on `listener` with every HTTP/1 request head checked by
+/// [`framing`] first (refusals answered with Outpost's JSON errors), until `shutdown`.
+pub async fn serve_checked<R, H, Fut>(
     listener: TcpListener,
-    proxy: Proxy,
-    limits: Limits,
+    limits: ListenerLimits,
     drain_timeout: Duration,
+    what: &'static str,
     shutdown: impl Future<Output = ()>,
-) {
+    refusals: Arc<R>,
+    handler: H,
+) where
+    R: Refusals,
+    H: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Result<Response<BoxBody>, Infallible>> + Send + 'static,
+{
     let builder = Arc::new(builder(&limits));
     let limits = Arc::new(limits);
     let max_connections = limits.max_connections;
-    accept_loop(
+    crate::net::accept_loop(
         listener,
         max_connections,
         drain_timeout,
-        "app",
+        what,
         shutdown,
         move |stream, watcher| {
             let builder = builder.clone();
-            let proxy = proxy.clone();
+            let handler = handler.clone();
             let limits = limits.clone();
+            let refusals = refusals.clone();
             async move {
                 let mut io =
                     Framed::new(stream, limits.max_header_bytes, limits.header_read_timeout);
-                if !first_head(&mut io, &limits, &proxy).await {
+                if !first_head(&mut io, &limits, &*refusals).await {
                     return;
                 }
                 let shared = io.shared();
                 let exchanges = shared.clone();
-                let refusals = proxy.clone();
                 let service = service_fn(move |req: Request<Incoming>| {
                     let exchange = Exchange::new(&exchanges);
                     let connect = req.method() == Method::CONNECT;
-                    let proxy = proxy.clone();
-                    // `serve` is called inside, so its future is built in place rather than
-                    // moved into this one.
+                    let handler = handler.clone();
                     async move {
-                        let Ok(response) = proxy.serve(req).await;
+                        let Ok(response) = handler(req).await;
                         let status = response.status();
                         if status == StatusCode::SWITCHING_PROTOCOLS
                             || (connect && status.is_success())
@@ -92,11 +140,11 @@ pub async fn serve_app(
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let served = watcher.watch(conn.into_owned()).await;
                 if let Err(e) = served {
-                    tracing::debug!(error = %e, "app connection ended with an error");
+                    tracing::debug!(listener = what, error = %e, "connection ended with an error");
                 }
                 // hyper has answered every request before a refused one and let go of the socket.
                 if let Some((stream, refusal)) = shared.take_handback() {
-                    answer_refusal(stream, refusal, &limits, &refusals).await;
+                    answer_refusal(stream, refusal, &limits, &*refusals).await;
                 }
             }
         },
@@ -104,66 +152,12 @@ pub async fn serve_app(
     .await;
 }
 
-/// Accept connections until `shutdown` (at most `max_connections` open at once: more wait in
-/// the kernel's backlog), run `serve` for each on its own task, then give open connections up
-/// to `drain_timeout` to finish. `serve` gets a graceful-shutdown watcher for its connection.
-pub async fn accept_loop<F, Fut>(
-    listener: TcpListener,
-    max_connections: usize,
-    drain_timeout: Duration,
-    what: &'static str,
-    shutdown: impl Future<Output = ()>,
-    serve: F,
-) where
-    F: Fn(TcpStream, Watcher) -> Fut,
-    Fut: Future<Output = ()> + Send + 'static,
-{
-    let permits = Arc::new(Semaphore::new(max_connections));
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        let permit = tokio::select! {
-            permit = permits.clone().acquire_owned() => match permit { Ok(p) => p, Err(_) => break },
-            () = &mut shutdown => break,
-        };
-        let (stream, _peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => {
-                    // EMFILE and friends: back off briefly instead of spinning.
-                    tracing::warn!(listener = what, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            () = &mut shutdown => break,
-        };
-        let _ = stream.set_nodelay(true);
-        let connection = serve(stream, graceful.watcher());
-        tokio::spawn(async move {
-            let _permit = permit;
-            connection.await;
-        });
-    }
-    drop(listener);
-    if tokio::time::timeout(drain_timeout, graceful.shutdown())
-        .await
-        .is_err()
-    {
-        tracing::warn!(
-            listener = what,
-            ?drain_timeout,
-            "drain timeout reached with requests still in flight"
-        );
-    }
-}
-
-fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+fn builder(limits: &ListenerLimits) -> auto::Builder<TokioExecutor> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(KEEP_ALIVE_IDLE.max(limits.header_read_timeout))
+        .header_read_timeout(limits.idle_timeout)
         .max_buf_size(limits.max_header_bytes + 4096)
         .max_headers(framing::MAX_HEADERS)
         .keep_alive(true);
@@ -179,7 +173,11 @@ fn builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 /// Read and check the first request head (within `limits.header_read_timeout`); answer
 /// 408/431/400 right away when it is bad. `true`: serve the connection.
-async fn first_head(io: &mut Framed<TcpStream>, limits: &Limits, proxy: &Proxy) -> bool {
+async fn first_head(
+    io: &mut Framed<TcpStream>,
+    limits: &ListenerLimits,
+    refusals: &impl Refusals,
+) -> bool {
     let refusal = match tokio::time::timeout(limits.header_read_timeout, io.first_head()).await {
         Ok(Ok(First::Serve)) => return true,
         Ok(Ok(First::Closed)) | Ok(Err(_)) => return false,
@@ -188,7 +186,7 @@ async fn first_head(io: &mut Framed<TcpStream>, limits: &Limits, proxy: &Proxy) 
         Err(_) => Refusal::Timeout,
     };
     if let Some(stream) = io.take_io() {
-        answer_refusal(stream, refusal, limits, proxy).await;
+        answer_refusal(stream, refusal, limits, refusals).await;
     }
     false
 }
@@ -197,8 +195,8 @@ async fn first_head(io: &mut Framed<TcpStream>, limits: &Limits, proxy: &Proxy) 
 async fn answer_refusal<S: AsyncRead + AsyncWrite + Unpin>(
     mut stream: S,
     refusal: Refusal,
-    limits: &Limits,
-    proxy: &Proxy,
+    limits: &ListenerLimits,
+    refusals: &impl Refusals,
 ) {
     let error = match refusal {
         Refusal::Timeout => ProxyError::HeaderTimeout,
@@ -207,8 +205,7 @@ async fn answer_refusal<S: AsyncRead + AsyncWrite + Unpin>(
         },
         Refusal::Bad(reason) => ProxyError::BadRequest(reason),
     };
-    let request_id = proxy.refused(error.status().as_u16());
-    tracing::info!(target: "outpost::access", request_id, upstream = crate::metrics::NO_UPSTREAM, status = error.status().as_u16(), error = %error, "connection refused before routing");
+    let request_id = refusals.refused(&error);
     if write_raw_error(&mut stream, &error, &request_id)
         .await
         .is_ok()

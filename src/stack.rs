@@ -43,6 +43,7 @@ pub mod limit;
 pub mod normalize;
 pub mod oauth;
 pub mod ratelimit;
+pub mod refresh;
 pub mod replay;
 pub mod retry;
 pub mod retry_after;
@@ -173,6 +174,13 @@ impl UpstreamStack {
                 timeout,
                 &upstream_metrics,
             )?),
+            (Some(Auth::OAuth2RefreshToken(refresh_token)), None) => Some(refresh::source(
+                &config.name,
+                refresh_token,
+                client.clone(),
+                timeout,
+                &upstream_metrics,
+            )),
             (Some(Auth::GithubApp(app)), None) => Some(jwt::github_source(
                 &config.name,
                 app,
@@ -507,6 +515,7 @@ fn same_token_config(before: &Option<Auth>, now: &Option<Auth>) -> bool {
         (Some(Auth::OAuth2ClientCredentials(a)), Some(Auth::OAuth2ClientCredentials(b))) => a == b,
         (Some(Auth::OAuth2JwtBearer(a)), Some(Auth::OAuth2JwtBearer(b))) => a == b,
         (Some(Auth::GithubApp(a)), Some(Auth::GithubApp(b))) => a == b,
+        (Some(Auth::OAuth2RefreshToken(a)), Some(Auth::OAuth2RefreshToken(b))) => a == b,
         _ => false,
     }
 }

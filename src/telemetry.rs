@@ -4,9 +4,10 @@
 //!
 //! Lines are written by a background thread in batches ([`batch`]), so the access line of
 //! every request costs an append to a buffer on the request path, not a `write` syscall and a
-//! thread wake-up. The writer is not lossy: when it falls behind, logging waits rather than
-//! dropping lines. Keep the returned guard alive until exit: dropping it flushes what is
-//! pending.
+//! thread wake-up. Logging never blocks a worker thread: when the sink falls behind (a stderr
+//! pipe nobody reads), new lines are dropped and counted (`outpost_log_lines_dropped_total`)
+//! and [`warn_if_dropped`] logs one warning per [`DROP_WARNING_INTERVAL`]. Keep the returned
+//! guard alive until exit: dropping it flushes what is pending (waiting a bounded time).
 
 mod batch;
 
@@ -16,7 +17,33 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use tracing_subscriber::EnvFilter;
 
-pub use batch::{BatchWriter, Guard};
+pub use batch::{dropped, BatchWriter, Guard};
+
+/// At most one "log lines dropped" warning per this interval.
+pub const DROP_WARNING_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Warn (once per [`DROP_WARNING_INTERVAL`]) when log lines were dropped since the last
+/// warning. Called periodically by the app's housekeeping task.
+pub fn warn_if_dropped() {
+    static LAST: std::sync::Mutex<Option<(tokio::time::Instant, u64)>> =
+        std::sync::Mutex::new(None);
+    let now = tokio::time::Instant::now();
+    let total = dropped();
+    let mut last = LAST.lock().unwrap_or_else(|e| e.into_inner());
+    let (due, reported) = match *last {
+        None => (true, 0),
+        Some((at, reported)) => (now.duration_since(at) >= DROP_WARNING_INTERVAL, reported),
+    };
+    if total > reported && due {
+        *last = Some((now, total));
+        drop(last);
+        tracing::warn!(
+            dropped = total - reported,
+            dropped_total = total,
+            "log lines dropped: the log sink (stderr) is slower than the proxy writes; see outpost_log_lines_dropped_total"
+        );
+    }
+}
 
 /// The JSON log writer, for access lines formatted without going through `tracing`'s generic
 /// JSON formatter (which costs about a fifth of a request's CPU).

@@ -5,7 +5,7 @@ mod support;
 
 use std::time::Duration;
 
-use support::{get, guard, Binary, MockUpstream, Reply};
+use support::{get, guard, raw_request, Binary, MockUpstream, Proxy, Reply};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -56,4 +56,51 @@ async fn a_thousand_slowloris_connections_do_not_stop_normal_requests() {
     }
     assert_eq!(answered, 50);
     assert_eq!(get(&bin.url("/api/after")).await.status, 200);
+}
+
+/// RFC 9112 §3.2: an HTTP/1.1 request without `Host`, or any request with two, is 400.
+#[tokio::test]
+async fn http11_requests_need_exactly_one_host() {
+    let mock = MockUpstream::start(|_| Reply::text(200, "ok")).await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:\n  api:\n    base_url: {}\n",
+        mock.url("")
+    ))
+    .await;
+    for (what, head) in [
+        ("no Host", &b"GET /api/a HTTP/1.1\r\n\r\n"[..]),
+        (
+            "two Hosts",
+            b"GET /api/a HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n\r\n",
+        ),
+        (
+            "two Hosts, same value",
+            b"GET /api/a HTTP/1.1\r\nHost: 127.0.0.1\r\nhost: 127.0.0.1\r\n\r\n",
+        ),
+    ] {
+        let answer = raw_request(proxy.addr, head).await;
+        let body = answer.assert_error(400, "bad_request");
+        assert!(
+            body["message"].as_str().is_some_and(|m| m.contains("Host")),
+            "{what}: {body}"
+        );
+    }
+    mock.assert_untouched("requests refused for their Host headers");
+    // HTTP/1.0 has no Host requirement; one Host on HTTP/1.1 is the normal case.
+    assert_eq!(
+        raw_request(proxy.addr, b"GET /api/old HTTP/1.0\r\n\r\n")
+            .await
+            .status,
+        200
+    );
+    assert_eq!(
+        raw_request(
+            proxy.addr,
+            b"GET /api/new HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(mock.count(), 2);
 }

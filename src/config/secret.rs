@@ -205,12 +205,50 @@ fn parse_reference(reference: &str) -> Result<Part, SecretError> {
     }
 }
 
+/// Largest secret file read (a key, a token, a PEM key or a service-account JSON is far
+/// smaller): a bigger one, or one that is not a regular file, is a config error.
+pub const MAX_SECRET_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Read a whole file of at most `max` bytes. Only regular files are read (after symlinks): a
+/// FIFO would block the reader until someone writes to it and `/dev/zero` never ends, so
+/// both are refused before they are opened. The reason names no content.
+pub fn read_regular_file(path: &Path, max: u64) -> Result<Vec<u8>, String> {
+    use std::io::Read;
+    let meta = std::fs::metadata(path).map_err(|e| e.kind().to_string())?;
+    if !meta.is_file() {
+        return Err("not a regular file".into());
+    }
+    if meta.len() > max {
+        return Err(format!(
+            "larger than the {} limit",
+            super::units::format_size(max)
+        ));
+    }
+    let file = std::fs::File::open(path).map_err(|e| e.kind().to_string())?;
+    // Replaced by something else between the two looks: refuse it too.
+    if !file.metadata().is_ok_and(|m| m.is_file()) {
+        return Err("not a regular file".into());
+    }
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    file.take(max.saturating_add(1))
+        .read_to_end(&mut bytes)
+        .map_err(|e| e.kind().to_string())?;
+    if bytes.len() as u64 > max {
+        return Err(format!(
+            "larger than the {} limit",
+            super::units::format_size(max)
+        ));
+    }
+    Ok(bytes)
+}
+
 fn read_secret_file(path: &Path) -> Result<String, SecretError> {
     let shown = path.display().to_string();
-    let bytes = std::fs::read(path).map_err(|e| SecretError::File {
-        path: shown.clone(),
-        reason: e.kind().to_string(),
-    })?;
+    let bytes =
+        read_regular_file(path, MAX_SECRET_FILE_BYTES).map_err(|reason| SecretError::File {
+            path: shown.clone(),
+            reason,
+        })?;
     let text = String::from_utf8(bytes).map_err(|_| SecretError::File {
         path: shown.clone(),
         reason: "not valid UTF-8".into(),
@@ -312,9 +350,48 @@ mod tests {
         std::fs::remove_dir_all(&dir).ok();
     }
 
+    #[cfg(unix)]
+    #[test]
+    fn only_regular_files_of_bounded_size_are_read() {
+        let dir = std::env::temp_dir().join(format!("outpost-secret-bound-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        for (path, reason) in [
+            (fifo.clone(), "not a regular file"),
+            (PathBuf::from("/dev/zero"), "not a regular file"),
+            (dir.clone(), "not a regular file"),
+        ] {
+            let started = std::time::Instant::now();
+            let t = SecretTemplate::parse(&format!("${{file:{}}}", path.display())).unwrap();
+            let e = t.resolve(&dir).unwrap_err().to_string();
+            assert!(e.contains(reason), "{e}");
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+        std::fs::write(
+            dir.join("big"),
+            vec![b'a'; MAX_SECRET_FILE_BYTES as usize + 1],
+        )
+        .unwrap();
+        let e = SecretTemplate::parse("${file:big}")
+            .unwrap()
+            .resolve(&dir)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("larger than the 1MiB limit"), "{e}");
+        std::fs::write(dir.join("ok"), vec![b'a'; MAX_SECRET_FILE_BYTES as usize]).unwrap();
+        let t = SecretTemplate::parse("${file:ok}").unwrap();
+        assert_eq!(
+            t.resolve(&dir).unwrap().expose().len(),
+            MAX_SECRET_FILE_BYTES as usize
+        );
+        std::fs::remove_dir_all(&dir).ok();
+    }
+
     proptest::proptest! {
         #[test]
-        fn parsing_never_panics_and_never_echoes_literals(input in ".{0,64}") {
+        fn parsing_never_panics_and_never_echoes_literals(input in "\\PC{0,64}|.{0,2048}") {
             if let Ok(t) = SecretTemplate::parse(&input) {
                 let shown = format!("{t:?} {}", t.describe());
                 // Literal text is never displayed: only `…` and reference names.

@@ -549,3 +549,79 @@ fn shared_limit_key_prefix_defaults_and_is_checked() {
         assert!(e.contains("key_prefix") && e.contains("5:"), "{e}");
     }
 }
+
+#[test]
+fn webhook_limits_default_to_the_app_limits_and_are_validated() {
+    let c = load(MINIMAL).unwrap();
+    assert_eq!(
+        c.webhook_limits,
+        WebhookLimits {
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            body_read_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    );
+    let c = load(&format!(
+        "{MINIMAL}limits: {{ max_header_bytes: 16KiB, header_read_timeout: 3s, max_connections: 7 }}\nwebhook_limits: {{ body_read_timeout: 2s, idle_timeout: 1m }}\n"
+    ))
+    .unwrap();
+    assert_eq!(c.webhook_limits.max_header_bytes, 16 * 1024);
+    assert_eq!(c.webhook_limits.header_read_timeout, Duration::from_secs(3));
+    assert_eq!(c.webhook_limits.max_connections, 7);
+    assert_eq!(c.webhook_limits.body_read_timeout, Duration::from_secs(2));
+    assert_eq!(c.webhook_limits.idle_timeout, Duration::from_secs(60));
+    let c = load(&format!(
+        "{MINIMAL}webhook_limits: {{ max_header_bytes: 8KiB, header_read_timeout: 1s, max_connections: 3 }}\n"
+    ))
+    .unwrap();
+    assert_eq!(
+        c.limits.max_header_bytes,
+        64 * 1024,
+        "the app's are untouched"
+    );
+    assert_eq!(c.webhook_limits.max_connections, 3);
+    for (yaml, expected) in [
+        (
+            "webhook_limits: { body_read_timeout: 0s }",
+            "webhook_limits.body_read_timeout: must be greater than zero",
+        ),
+        (
+            "webhook_limits: { idle_timeout: 0s }",
+            "webhook_limits.idle_timeout: must be greater than zero",
+        ),
+        (
+            "webhook_limits: { max_connections: 0 }",
+            "webhook_limits.max_connections: must be at least 1",
+        ),
+        (
+            "webhook_limits: { max_header_bytes: 1KiB }",
+            "webhook_limits.max_header_bytes: must be between 8KiB and 16MiB",
+        ),
+    ] {
+        let e = one_error(&format!("{MINIMAL}{yaml}\n"));
+        assert!(e.ends_with(expected), "{e}");
+        assert!(e.starts_with("/etc/outpost/proxy.yaml:5:"), "{e}");
+    }
+    assert!(one_error(&format!(
+        "{MINIMAL}webhook_limits: {{ body_timeout: 1s }}\n"
+    ))
+    .contains("unknown field `body_timeout`"));
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig { cases: 256, ..Default::default() })]
+    /// Any text at all is a config or errors with 1-based positions (never a panic).
+    #[test]
+    fn any_text_is_a_config_or_located_errors(
+        text in "\\PC{0,512}|[a-z_:{}\\[\\],&*!|>#'\" \\n0-9-]{0,1024}",
+    ) {
+        if let Err(e) = load(&text) {
+            for issue in &e.0 {
+                proptest::prop_assert!(issue.line >= 1 && issue.column >= 1);
+            }
+        }
+        let _ = load(&format!("{MINIMAL}{text}"));
+    }
+}

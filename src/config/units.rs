@@ -14,10 +14,21 @@ pub struct Dur(pub Duration);
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Size(pub u64);
 
+/// The longest duration (and the longest duration text) the config accepts.
+pub const MAX_DURATION: Duration = Duration::from_secs(365 * 24 * 3600);
+const MAX_TEXT: usize = 64;
+
+/// Parse a duration. Every sum is checked: any input, however long or large, is either a
+/// duration of at most [`MAX_DURATION`] or an error (never a panic).
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
     let s = s.trim();
     if s.is_empty() {
         return Err("empty duration".into());
+    }
+    if s.len() > MAX_TEXT {
+        return Err(format!(
+            "duration is longer than {MAX_TEXT} characters (use a unit such as `5s` or `2m`)"
+        ));
     }
     if s == "0" {
         return Ok(Duration::ZERO);
@@ -51,17 +62,25 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
                 ))
             }
         };
-        total += Duration::try_from_secs_f64(seconds)
+        let part = Duration::try_from_secs_f64(seconds)
             .map_err(|_| format!("duration `{s}` is out of range"))?;
+        total = total
+            .checked_add(part)
+            .filter(|t| *t <= MAX_DURATION)
+            .ok_or_else(|| format!("duration `{s}` is longer than a year"))?;
     }
-    if total > Duration::from_secs(365 * 24 * 3600) {
+    if total > MAX_DURATION {
         return Err(format!("duration `{s}` is longer than a year"));
     }
     Ok(total)
 }
 
+/// Parse a size in bytes (checked: too large is an error, never a wrap or a panic).
 pub fn parse_size(s: &str) -> Result<u64, String> {
     let s = s.trim();
+    if s.len() > MAX_TEXT {
+        return Err(format!("size is longer than {MAX_TEXT} characters"));
+    }
     let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
     if split == 0 {
         return Err(format!("invalid size `{s}`: expected a number of bytes"));
@@ -189,6 +208,28 @@ mod tests {
     }
 
     #[test]
+    fn huge_durations_are_errors_not_overflows() {
+        // Each part fits a Duration, their sum does not: once a panic ("overflow when adding
+        // durations") in `check` and in a running reload.
+        for huge in [
+            "3000000000000000h3000000000000000h",
+            "5124095576030431h5124095576030431h",
+            "8760h8760h",
+            "1.8446744073709552e19s",
+            &"9".repeat(400),
+            &format!("{}s", "9".repeat(400)),
+            &"1h".repeat(1000),
+        ] {
+            let e = parse_duration(huge).unwrap_err();
+            assert!(!e.is_empty());
+        }
+        assert_eq!(parse_duration("8760h"), Ok(MAX_DURATION));
+        assert!(parse_size(&"9".repeat(400)).is_err());
+        assert!(parse_size("18446744073709551615GiB").is_err());
+        assert_eq!(parse_size("18446744073709551615"), Ok(u64::MAX));
+    }
+
+    #[test]
     fn sizes() {
         assert_eq!(parse_size("512"), Ok(512));
         assert_eq!(parse_size("16KiB"), Ok(16 * 1024));
@@ -210,10 +251,37 @@ mod tests {
     }
 
     proptest::proptest! {
+        /// Any string at all (all of Unicode, up to 4 KiB).
         #[test]
-        fn parsers_never_panic(s in ".{0,32}") {
-            let _ = parse_duration(&s);
-            let _ = parse_size(&s);
+        fn parsers_never_panic(s in proptest::prelude::any::<String>(), long in "\\PC{0,4096}") {
+            for s in [&s, &long] {
+                if let Ok(d) = parse_duration(s) {
+                    proptest::prop_assert!(d <= MAX_DURATION);
+                }
+                let _ = parse_size(s);
+            }
+        }
+
+        /// Number-and-unit groups with numbers of any size.
+        #[test]
+        fn unit_groups_of_any_size_never_panic(
+            groups in proptest::collection::vec(
+                ("[0-9]{1,30}(\\.[0-9]{0,20})?", "ms|s|m|h|KiB|MiB|GiB|KB|MB|GB|B|"),
+                1..8,
+            ),
+            n in proptest::prelude::any::<u64>(),
+            unit in "ms|s|m|h",
+        ) {
+            let text: String = groups.iter().map(|(n, u)| format!("{n}{u}")).collect();
+            if let Ok(d) = parse_duration(&text) {
+                proptest::prop_assert!(d <= MAX_DURATION);
+            }
+            let _ = parse_size(&text);
+            let twice = format!("{n}{unit}{n}{unit}");
+            if let Ok(d) = parse_duration(&twice) {
+                proptest::prop_assert!(d <= MAX_DURATION);
+            }
+            let _ = parse_size(&format!("{n}GiB"));
         }
 
         #[test]

@@ -90,12 +90,13 @@ impl Authorizer {
             return Authorizer::None;
         };
         match auth {
-            Auth::OAuth2ClientCredentials(_) | Auth::OAuth2JwtBearer(_) | Auth::GithubApp(_) => {
-                match oauth {
-                    Some(source) => Authorizer::OAuth(source),
-                    None => Authorizer::None,
-                }
-            }
+            Auth::OAuth2ClientCredentials(_)
+            | Auth::OAuth2JwtBearer(_)
+            | Auth::GithubApp(_)
+            | Auth::OAuth2RefreshToken(_) => match oauth {
+                Some(source) => Authorizer::OAuth(source),
+                None => Authorizer::None,
+            },
             Auth::AwsSigv4(aws) => {
                 Authorizer::Sigv4(Signer::new(&upstream.name, aws, &upstream.base_url))
             }

@@ -3,33 +3,53 @@
 //!
 //! Under load this turns one `write` syscall and one thread wake-up per access line into one
 //! of each per few milliseconds (nginx's `access_log … buffer=`), which on a single busy core is
-//! a measurable share of a proxied request. It is not lossy: when the writer thread cannot keep
-//! up (a blocked stderr pipe), writers wait for room instead of dropping lines. Lines reach
-//! stderr at most [`LINGER`] after they were logged, and all of them before [`Guard`]'s drop
-//! returns.
+//! a measurable share of a proxied request.
+//!
+//! Logging never blocks a request: when the writer thread cannot keep up (a stderr pipe that
+//! nobody reads, a slow terminal), lines beyond [`MAX_PENDING`] pending bytes are dropped and
+//! counted ([`dropped`], exported as `outpost_log_lines_dropped_total`), and
+//! [`super::warn_if_dropped`] says so once per interval. A producer only ever takes a mutex for
+//! the time of one append. Lines reach stderr at most [`LINGER`] after they were logged, and
+//! [`Guard`]'s drop waits up to [`CLOSE_WAIT`] for the pending ones (a sink that never drains
+//! must not stop the process from exiting).
 
 use std::io::{self, Write};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
 /// How long the writer thread waits after the first pending line for more to join it.
 const LINGER: Duration = Duration::from_millis(5);
-/// Pending bytes beyond which writers wait for the thread (backpressure, not loss).
-const MAX_PENDING: usize = 1024 * 1024;
+/// Pending bytes beyond which new lines are dropped (and counted) instead of waiting.
+pub const MAX_PENDING: usize = 1024 * 1024;
+/// How long [`Guard`]'s drop waits for pending lines to be written.
+const CLOSE_WAIT: Duration = Duration::from_secs(2);
+
+/// Lines dropped by every writer of the process since start (log lines are process-wide).
+static DROPPED: AtomicU64 = AtomicU64::new(0);
+
+/// Log lines dropped so far because the sink was slower than the producers.
+pub fn dropped() -> u64 {
+    DROPPED.load(Ordering::Relaxed)
+}
 
 #[derive(Default)]
 struct State {
     pending: Vec<u8>,
     closed: bool,
+    /// The writer thread has returned.
+    done: bool,
+    /// Lines dropped by this writer (for its tests; [`DROPPED`] is the process total).
+    dropped: u64,
 }
 
 struct Shared {
     state: Mutex<State>,
     /// Signalled when the buffer goes from empty to non-empty, and on close.
     wake: Condvar,
-    /// Signalled when the thread has taken the buffer.
-    room: Condvar,
+    /// Signalled when the writer thread is done.
+    finished: Condvar,
 }
 
 impl Shared {
@@ -55,13 +75,17 @@ pub fn spawn<W: Write + Send + 'static>(sink: W) -> io::Result<(BatchWriter, Gua
     let shared = Arc::new(Shared {
         state: Mutex::new(State::default()),
         wake: Condvar::new(),
-        room: Condvar::new(),
+        finished: Condvar::new(),
     });
     let thread = std::thread::Builder::new()
         .name("outpost-log".into())
         .spawn({
             let shared = shared.clone();
-            move || run(&shared, sink)
+            move || {
+                run(&shared, sink);
+                shared.lock().done = true;
+                shared.finished.notify_all();
+            }
         })?;
     Ok((
         BatchWriter {
@@ -92,7 +116,6 @@ fn run<W: Write>(shared: &Shared, mut sink: W) {
         }
         std::mem::swap(&mut state.pending, &mut spare);
         drop(state);
-        shared.room.notify_all();
         // Nowhere to report a failed log write; the lines are dropped, the process goes on.
         let _ = sink.write_all(&spare).and_then(|()| sink.flush());
         spare.clear();
@@ -105,14 +128,15 @@ fn run<W: Write>(shared: &Shared, mut sink: W) {
 impl BatchWriter {
     /// Append bytes built by `fill` (one or more whole lines) under the buffer's lock, so a
     /// line is built in place without an allocation of its own.
+    /// When [`MAX_PENDING`] bytes are already waiting for the sink, the line is dropped and
+    /// counted instead (`fill` is not called): a log line is never worth a stalled request.
     pub fn append(&self, fill: impl FnOnce(&mut Vec<u8>)) {
         let mut state = self.shared.lock();
-        while state.pending.len() >= MAX_PENDING && !state.closed {
-            state = self
-                .shared
-                .room
-                .wait(state)
-                .unwrap_or_else(|e| e.into_inner());
+        if state.pending.len() >= MAX_PENDING {
+            state.dropped += 1;
+            drop(state);
+            DROPPED.fetch_add(1, Ordering::Relaxed);
+            return;
         }
         let was_empty = state.pending.is_empty();
         fill(&mut state.pending);
@@ -143,10 +167,25 @@ impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for BatchWriter {
 }
 
 impl Drop for Guard {
+    /// Flush what is pending, waiting at most [`CLOSE_WAIT`] for a sink that does not drain.
     fn drop(&mut self) {
-        self.shared.lock().closed = true;
+        let mut state = self.shared.lock();
+        state.closed = true;
         self.shared.wake.notify_one();
-        self.shared.room.notify_all();
+        let deadline = std::time::Instant::now() + CLOSE_WAIT;
+        while !state.done {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return; // the thread is stuck in a write: let the process exit without it
+            }
+            state = self
+                .shared
+                .finished
+                .wait_timeout(state, left)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+        drop(state);
         if let Some(thread) = self.thread.take() {
             let _ = thread.join();
         }
@@ -228,7 +267,7 @@ mod tests {
     }
 
     #[test]
-    fn a_stalled_sink_makes_writers_wait_instead_of_dropping() {
+    fn a_stalled_sink_drops_and_counts_lines_instead_of_blocking_writers() {
         /// Blocks every write until released.
         struct Gate(Arc<(Mutex<bool>, Condvar)>, Sink);
         impl Write for Gate {
@@ -247,24 +286,52 @@ mod tests {
         let gate = Arc::new((Mutex::new(false), Condvar::new()));
         let sink = Sink::default();
         let (writer, guard) = spawn(Gate(gate.clone(), sink.clone())).unwrap();
-        let line = vec![b'x'; 1023];
+        let line = [vec![b'x'; 1023], vec![b'\n']].concat();
+        // With the sink stalled, 3000 lines of 1 KiB are more than MAX_PENDING (plus the one
+        // batch the thread holds): the producer finishes anyway, and the excess is counted.
         let producer = std::thread::spawn({
             let mut writer = writer.clone();
             move || {
                 for _ in 0..3000 {
                     writer.write_all(&line).unwrap();
-                    writer.write_all(b"\n").unwrap();
                 }
             }
         });
-        // With the sink stalled, the producer fills MAX_PENDING (plus the one batch the
-        // thread holds) and then waits.
-        std::thread::sleep(Duration::from_millis(50));
-        assert!(!producer.is_finished(), "writer must wait for room");
+        producer.join().unwrap();
+        let dropped = writer.shared.lock().dropped;
+        assert!(dropped >= 3000 - 2 * 1024, "dropped {dropped}");
+        assert!(super::dropped() >= dropped, "counted process-wide");
         *gate.0.lock().unwrap() = true;
         gate.1.notify_all();
-        producer.join().unwrap();
         drop(guard);
-        assert_eq!(sink.0.lock().unwrap().concat().len(), 3000 * 1024);
+        let written = sink.0.lock().unwrap().concat();
+        assert_eq!(
+            written.len() as u64,
+            (3000 - dropped) * 1024,
+            "whole lines only"
+        );
+        assert!(written
+            .split(|b| *b == b'\n')
+            .all(|l| l.is_empty() || l.len() == 1023));
+    }
+
+    #[test]
+    fn closing_does_not_wait_for_ever_on_a_sink_that_never_drains() {
+        struct Stuck;
+        impl Write for Stuck {
+            fn write(&mut self, _: &[u8]) -> io::Result<usize> {
+                loop {
+                    std::thread::park();
+                }
+            }
+            fn flush(&mut self) -> io::Result<()> {
+                Ok(())
+            }
+        }
+        let (mut writer, guard) = spawn(Stuck).unwrap();
+        writeln!(writer, "never written").unwrap();
+        let started = std::time::Instant::now();
+        drop(guard);
+        assert!(started.elapsed() < Duration::from_secs(30));
     }
 }

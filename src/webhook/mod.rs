@@ -322,11 +322,7 @@ impl Delivery<'_> {
 /// `standard_webhooks`: `whsec_` + base64), for config validation. The message never contains
 /// the secret.
 pub fn check_secret(scheme: WebhookScheme, secret: &Secret) -> Result<(), String> {
-    match scheme {
-        WebhookScheme::Sendgrid => sendgrid::public_key(secret.expose()).map(drop),
-        WebhookScheme::StandardWebhooks => standard::secret_key(secret.expose()).map(drop),
-        _ => Ok(()),
-    }
+    crate::config::forms::check_webhook_secret(scheme, secret)
 }
 
 /// Parse a Unix timestamp in seconds (digits only, as every scheme sends it).

@@ -24,9 +24,6 @@ use http::header::{HeaderName, HeaderValue, CONTENT_LENGTH, CONTENT_TYPE, RETRY_
 use http::{Request, Response, StatusCode, Uri};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use metrics::{Counter, Label};
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -34,13 +31,14 @@ use tokio::time::Instant;
 
 use super::replay::{self, Claim, ReplayCache};
 use super::{now_unix, Rejection, Verified, Verifier};
-use crate::app::StartError;
 use crate::body::{boxed, full, BoxBody};
-use crate::config::{Config, Limits, Webhook};
-use crate::error::{ErrorBody, X_REQUEST_ID};
+use crate::config::{Config, Webhook, WebhookLimits};
+use crate::error::StartError;
+use crate::error::{ErrorBody, ProxyError, X_REQUEST_ID};
 use crate::metrics::{Metrics, WEBHOOKS_TOTAL};
-use crate::proxy::RequestIds;
-use crate::stack::headers::{sanitize_request, sanitize_response};
+use crate::net::headers::{sanitize_request, sanitize_response};
+use crate::net::RequestIds;
+use crate::server::{ListenerLimits, Refusals};
 
 pub static X_OUTPOST_WEBHOOK: HeaderName = HeaderName::from_static("x-outpost-webhook");
 pub static X_OUTPOST_VERIFIED: HeaderName = HeaderName::from_static("x-outpost-verified");
@@ -94,6 +92,8 @@ impl Route {
 /// The webhooks of one config generation, by exact path.
 pub struct Routes {
     by_path: HashMap<String, Arc<Route>>,
+    /// `webhook_limits.body_read_timeout` of this generation.
+    body_read_timeout: Duration,
 }
 
 impl Routes {
@@ -126,7 +126,10 @@ impl Routes {
                 }),
             );
         }
-        Ok(Routes { by_path })
+        Ok(Routes {
+            by_path,
+            body_read_timeout: config.webhook_limits.body_read_timeout,
+        })
     }
 }
 
@@ -200,7 +203,7 @@ impl WebhookServer {
         let task = tokio::spawn(serve(
             listener,
             receiver,
-            config.limits.clone(),
+            config.webhook_limits.clone(),
             config.drain_timeout,
             shutdown,
         ));
@@ -257,7 +260,9 @@ impl Receiver {
                 &request_id,
             );
         };
-        let (result, reason, response) = self.deliver(&route, req, &request_id).await;
+        let (result, reason, response) = self
+            .deliver(&route, req, &request_id, routes.body_read_timeout)
+            .await;
         if let Some(result) = result {
             route.count(result);
         }
@@ -281,6 +286,7 @@ impl Receiver {
         route: &Route,
         req: Request<Incoming>,
         request_id: &str,
+        body_read_timeout: Duration,
     ) -> (Option<&'static str>, &'static str, Response<BoxBody>) {
         let hook = &route.hook;
         let limit = hook.max_body_bytes;
@@ -305,10 +311,24 @@ impl Receiver {
             );
         }
         let (parts, body) = req.into_parts();
-        let body = match Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX))
-            .collect()
-            .await
-        {
+        let collect = Limited::new(body, usize::try_from(limit).unwrap_or(usize::MAX)).collect();
+        // A public listener: a body that trickles (or stalls) must not hold the connection.
+        let Ok(collected) = tokio::time::timeout(body_read_timeout, collect).await else {
+            return (
+                None,
+                "body not received in time",
+                reject(
+                    "request_timeout",
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "webhook body was not received within {}",
+                        crate::config::units::format_duration(body_read_timeout)
+                    ),
+                    request_id,
+                ),
+            );
+        };
+        let body = match collected {
             Ok(collected) => collected.to_bytes(),
             Err(e) if e.is::<http_body_util::LengthLimitError>() => {
                 return (Some("too_large"), "body over the limit", too_large())
@@ -497,48 +517,40 @@ fn forward_client() -> Result<ForwardClient, StartError> {
 }
 
 /// Accept connections (HTTP/1.1 and h2) until `shutdown`, then drain for `drain_timeout`.
+/// The listener is public, so every wait is bounded by `limits` (see [`WebhookLimits`]):
+/// request heads are checked exactly as on the app listener (`server::framing`), a body
+/// must arrive within `body_read_timeout` (408), an idle kept-alive connection is closed after
+/// `idle_timeout`, and at most `max_connections` are served at once.
 pub async fn serve(
     listener: TcpListener,
     receiver: Arc<Receiver>,
-    limits: Limits,
+    limits: WebhookLimits,
     drain_timeout: Duration,
     shutdown: impl Future<Output = ()>,
 ) {
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
-        .max_buf_size(limits.max_header_bytes.max(8192) + 4096)
-        .keep_alive(true);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX));
-    let builder = Arc::new(builder);
-    let max_connections = limits.max_connections;
-    crate::server::accept_loop(
+    let handler = receiver.clone();
+    crate::server::serve_checked(
         listener,
-        max_connections,
+        ListenerLimits::webhook(&limits),
         drain_timeout,
         "webhook",
         shutdown,
-        move |stream, watcher| {
-            let receiver = receiver.clone();
-            let builder = builder.clone();
-            async move {
-                let service = service_fn(move |req| {
-                    let receiver = receiver.clone();
-                    async move { Ok::<_, Infallible>(receiver.handle(req).await) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                if let Err(e) = watcher.watch(conn.into_owned()).await {
-                    tracing::debug!(error = %e, "webhook connection ended with an error");
-                }
-            }
+        receiver,
+        move |req| {
+            let receiver = handler.clone();
+            async move { Ok::<_, Infallible>(receiver.handle(req).await) }
         },
     )
     .await;
+}
+
+impl Refusals for Receiver {
+    fn refused(&self, error: &ProxyError) -> String {
+        let request_id = self.ids.next();
+        let status = error.status().as_u16();
+        tracing::info!(target: "outpost::webhook", request_id, webhook = "unknown", result = error.kind(), status, error = %error, "request refused before routing");
+        request_id
+    }
 }
 
 #[cfg(test)]

@@ -8,33 +8,19 @@
 use base64::Engine as _;
 use p256::ecdsa::signature::{Signer as _, Verifier as _};
 use p256::ecdsa::{Signature, SigningKey, VerifyingKey};
-use p256::pkcs8::{DecodePrivateKey, DecodePublicKey};
+use p256::pkcs8::DecodePrivateKey;
 use sha2::{Digest, Sha256};
+
+use crate::config::forms::der;
 
 use super::{parse_timestamp, Delivery, Rejection, SignInput, Verified, B64, B64_OUT};
 
 const SIGNATURE: &str = "x-twilio-email-event-webhook-signature";
 const TIMESTAMP: &str = "x-twilio-email-event-webhook-timestamp";
 
-/// The DER inside base64 text or a PEM block of the given label.
-fn der(text: &str, label: &str) -> Result<Vec<u8>, String> {
-    let text = text.trim();
-    let inner = match text.strip_prefix(&format!("-----BEGIN {label}-----")) {
-        Some(rest) => rest
-            .split_once(&format!("-----END {label}-----"))
-            .map(|(body, _)| body)
-            .ok_or_else(|| format!("PEM block has no END {label} line"))?,
-        None => text,
-    };
-    let compact: String = inner.chars().filter(|c| !c.is_whitespace()).collect();
-    B64.decode(compact)
-        .map_err(|_| format!("expected base64 DER ({label})"))
-}
-
 /// A SendGrid verification key: base64 DER SubjectPublicKeyInfo or PEM, P-256.
 pub(super) fn public_key(text: &str) -> Result<VerifyingKey, String> {
-    VerifyingKey::from_public_key_der(&der(text, "PUBLIC KEY")?)
-        .map_err(|_| "not a P-256 public key (base64 DER SubjectPublicKeyInfo)".to_string())
+    crate::config::forms::sendgrid_public_key(text)
 }
 
 pub(super) fn verify(keys: &[VerifyingKey], d: &Delivery<'_>) -> Result<Verified, Rejection> {

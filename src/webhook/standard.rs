@@ -20,16 +20,10 @@ const SIGNATURES: &[&str] = &["webhook-signature", "svix-signature"];
 /// At most this many signatures are looked at.
 const MAX_SIGNATURES: usize = 32;
 
-/// `whsec_<base64>` (the prefix is optional) to key bytes.
+/// `whsec_<base64>` (the prefix is optional) to key bytes (the shape is config's to check:
+/// `config::forms`).
 pub(crate) fn secret_key(secret: &str) -> Result<KeyBytes, String> {
-    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
-    let key = B64
-        .decode(encoded.trim())
-        .map_err(|_| "a standard_webhooks secret is `whsec_` followed by base64".to_string())?;
-    if key.is_empty() {
-        return Err("the standard_webhooks secret is empty".into());
-    }
-    Ok(KeyBytes(key))
+    crate::config::forms::standard_webhooks_key(secret).map(KeyBytes)
 }
 
 pub(super) fn verify(keys: &[KeyBytes], d: &Delivery<'_>) -> Result<Verified, Rejection> {

@@ -100,6 +100,10 @@ fn header_value() -> impl Strategy<Value = Vec<u8>> {
     prop_oneof![
         proptest::collection::vec(any::<u8>(), 0..120),
         "[ -~]{0,120}".prop_map(String::into_bytes),
+        // Long values and all of Unicode (header values may carry obs-text bytes).
+        proptest::collection::vec(any::<u8>(), 0..16_384),
+        "\\PC{0,2048}".prop_map(String::into_bytes),
+        "(v1,[A-Za-z0-9+/=]{0,64} ){0,200}".prop_map(String::into_bytes),
         "(t=-?[0-9]{0,20}|v1=[0-9a-fA-F]{0,70}|v0=[0-9a-f]{0,8}|=|,| ){0,8}"
             .prop_map(String::into_bytes),
         "(v1,[A-Za-z0-9+/=]{0,50}|v1a,|,| |v2,x){0,6}".prop_map(String::into_bytes),
@@ -115,8 +119,8 @@ proptest! {
     #[test]
     fn malformed_headers_never_panic(
         pairs in proptest::collection::vec((0..NAMES.len(), header_value()), 0..8),
-        body in proptest::collection::vec(any::<u8>(), 0..64),
-        query in proptest::option::of("[ -~]{0,60}"),
+        body in proptest::collection::vec(any::<u8>(), 0..4096),
+        query in proptest::option::of("[ -~]{0,60}|\\PC{0,1024}"),
         now in any::<i64>(),
     ) {
         let mut h = HeaderMap::new();

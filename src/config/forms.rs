@@ -1,0 +1,107 @@
+//! The shapes secrets and files must have, checked at load (so `outpost check` finds them, not
+//! the first request): the key of a `standard_webhooks` secret, a SendGrid verification key, a
+//! CA file. Pure functions with no dependency on the modules that use the values (`webhook`,
+//! `client`, `stack` call these), which keeps `config` a leaf of the module graph.
+//! Messages never contain the secret.
+
+use std::path::Path;
+
+use base64::Engine as _;
+use p256::ecdsa::VerifyingKey;
+use p256::pkcs8::DecodePublicKey;
+
+use super::secret::read_regular_file;
+use super::{Auth, Secret, WebhookScheme};
+
+/// Default `rate_limit.shared.key_prefix`.
+pub const DEFAULT_KEY_PREFIX: &str = "outpost:rl:";
+
+/// Largest CA file read (a bundle of a few hundred certificates is far smaller).
+pub const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
+
+/// Base64 as providers write it: standard alphabet, padding optional on input.
+const B64: base64::engine::GeneralPurpose = base64::engine::GeneralPurpose::new(
+    &base64::alphabet::STANDARD,
+    base64::engine::GeneralPurposeConfig::new()
+        .with_decode_padding_mode(base64::engine::DecodePaddingMode::Indifferent),
+);
+
+/// `whsec_<base64>` (the prefix is optional) to the HMAC key bytes of Standard Webhooks.
+pub fn standard_webhooks_key(secret: &str) -> Result<Vec<u8>, String> {
+    let encoded = secret.strip_prefix("whsec_").unwrap_or(secret);
+    let key = B64
+        .decode(encoded.trim())
+        .map_err(|_| "a standard_webhooks secret is `whsec_` followed by base64".to_string())?;
+    if key.is_empty() {
+        return Err("the standard_webhooks secret is empty".into());
+    }
+    Ok(key)
+}
+
+/// The DER inside base64 text or a PEM block of the given label.
+pub fn der(text: &str, label: &str) -> Result<Vec<u8>, String> {
+    let text = text.trim();
+    let inner = match text.strip_prefix(&format!("-----BEGIN {label}-----")) {
+        Some(rest) => rest
+            .split_once(&format!("-----END {label}-----"))
+            .map(|(body, _)| body)
+            .ok_or_else(|| format!("PEM block has no END {label} line"))?,
+        None => text,
+    };
+    let compact: String = inner.chars().filter(|c| !c.is_whitespace()).collect();
+    B64.decode(compact)
+        .map_err(|_| format!("expected base64 DER ({label})"))
+}
+
+/// A SendGrid verification key: base64 DER SubjectPublicKeyInfo or PEM, P-256.
+pub fn sendgrid_public_key(text: &str) -> Result<VerifyingKey, String> {
+    VerifyingKey::from_public_key_der(&der(text, "PUBLIC KEY")?)
+        .map_err(|_| "not a P-256 public key (base64 DER SubjectPublicKeyInfo)".to_string())
+}
+
+/// The scheme-specific shape of a webhook secret.
+pub fn check_webhook_secret(scheme: WebhookScheme, secret: &Secret) -> Result<(), String> {
+    match scheme {
+        WebhookScheme::Sendgrid => sendgrid_public_key(secret.expose()).map(drop),
+        WebhookScheme::StandardWebhooks => standard_webhooks_key(secret.expose()).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// The shape of an outbound-signing auth secret (`standard_webhooks`).
+pub fn check_auth_secret(auth: &Auth) -> Result<(), String> {
+    match auth {
+        Auth::StandardWebhooks { secret } => standard_webhooks_key(secret.expose()).map(drop),
+        _ => Ok(()),
+    }
+}
+
+/// A CA file holds at least one PEM certificate (read bounded, as secret files are).
+pub fn check_ca_file(path: &Path) -> Result<(), String> {
+    let data = read_regular_file(path, MAX_CA_FILE_BYTES)
+        .map_err(|reason| format!("cannot read CA file {}: {reason}", path.display()))?;
+    let mut certs = 0;
+    for cert in rustls_pemfile::certs(&mut data.as_slice()) {
+        cert.map_err(|_| format!("CA file {} is not valid PEM", path.display()))?;
+        certs += 1;
+    }
+    if certs == 0 {
+        return Err(format!("CA file {} holds no certificate", path.display()));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn secret_forms() {
+        assert!(standard_webhooks_key("whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw").is_ok());
+        assert!(standard_webhooks_key("whsec_").is_err());
+        let e = standard_webhooks_key("whsec_not base64!").unwrap_err();
+        assert!(!e.contains("not base64!"), "{e}");
+        assert!(sendgrid_public_key("AAAA").is_err());
+        assert!(der("-----BEGIN PUBLIC KEY-----\nAAAA", "PUBLIC KEY").is_err());
+    }
+}

@@ -1,0 +1,462 @@
+//! The typed configuration the proxy runs on: what `validate.rs` produces from the raw structs.
+//! Secrets are [`Secret`]s, URLs are parsed, durations are `Duration`s, header names and values
+//! are `http` types.
+
+use super::*;
+
+/// The validated configuration the proxy runs on.
+#[derive(Debug)]
+pub struct Config {
+    /// The file it was read from (for messages and relative `${file:…}` paths).
+    pub path: PathBuf,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub webhook_listen: SocketAddr,
+    pub drain_timeout: Duration,
+    pub limits: Limits,
+    /// The webhook listener's limits (`webhook_limits`).
+    pub webhook_limits: WebhookLimits,
+    pub upstreams: Vec<Arc<Upstream>>,
+    pub webhooks: Vec<Arc<Webhook>>,
+    /// Secret files and CA files referenced by the config: watched for changes.
+    pub watched_files: Vec<PathBuf>,
+}
+
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Largest request header section, bytes (431 above). Default 64 KiB.
+    pub max_header_bytes: usize,
+    /// Time a client may take to send a request's headers (408 after). Default 10 s.
+    pub header_read_timeout: Duration,
+    /// Open app connections accepted at once. Default 10 000.
+    pub max_connections: usize,
+    /// Largest request body (413 above). Default: no limit.
+    pub max_body_bytes: Option<u64>,
+}
+
+/// Limits of the webhook listener (`webhook_limits:`). A public listener: every wait is bounded.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WebhookLimits {
+    /// Largest request header section, bytes (431 above). Default: `limits.max_header_bytes`.
+    pub max_header_bytes: usize,
+    /// Time a client may take to send a request's headers (408 after; a connection that sent
+    /// nothing is closed). Default: `limits.header_read_timeout`.
+    pub header_read_timeout: Duration,
+    /// Time a client may take to send a whole request body once its headers are in (408
+    /// after). Default 10 s.
+    pub body_read_timeout: Duration,
+    /// How long a kept-alive connection may wait for its next request. Default 30 s.
+    pub idle_timeout: Duration,
+    /// Open webhook connections accepted at once (more wait in the kernel's backlog); its own
+    /// cap, apart from the app listener's. Default: `limits.max_connections`.
+    pub max_connections: usize,
+}
+
+#[derive(Debug)]
+pub struct Upstream {
+    pub name: String,
+    pub preset: Option<Preset>,
+    pub base_url: BaseUrl,
+    pub auth: Option<Auth>,
+    /// Static request headers, applied in order after the application's headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    pub timeout: Duration,
+    pub attempt_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub rate_limit: Option<RateLimit>,
+    pub retry: Retry,
+    pub circuit_breaker: Option<CircuitBreaker>,
+    pub errors: ErrorMode,
+    pub http: HttpMode,
+    /// Host names also routed to this upstream (lower case, without port).
+    pub hosts: Vec<String>,
+    pub tls_ca_file: Option<PathBuf>,
+    /// Provider facts from the preset (or generic defaults).
+    pub provider: &'static PresetDefaults,
+}
+
+/// The scheme, authority and base path of an upstream; the only source of where requests go.
+#[derive(Clone, Debug)]
+pub struct BaseUrl {
+    pub scheme: http::uri::Scheme,
+    pub authority: http::uri::Authority,
+    /// Path prefix without a trailing slash (`""` for the root).
+    pub path: String,
+    /// Value for the `Host` header.
+    pub host_header: HeaderValue,
+}
+
+impl BaseUrl {
+    pub fn is_https(&self) -> bool {
+        self.scheme == http::uri::Scheme::HTTPS
+    }
+}
+
+impl fmt::Display for BaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}{}", self.scheme, self.authority, self.path)
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthType {
+    Bearer,
+    Basic,
+    Header,
+    Query,
+    #[serde(rename = "oauth2_client_credentials")]
+    OAuth2ClientCredentials,
+    AwsSigv4,
+    StandardWebhooks,
+    HmacSignature,
+    #[serde(rename = "oauth2_jwt_bearer")]
+    OAuth2JwtBearer,
+    #[serde(rename = "oauth2_refresh_token")]
+    OAuth2RefreshToken,
+    GithubApp,
+}
+
+impl AuthType {
+    pub fn name(self) -> &'static str {
+        match self {
+            AuthType::Bearer => "bearer",
+            AuthType::Basic => "basic",
+            AuthType::Header => "header",
+            AuthType::Query => "query",
+            AuthType::OAuth2ClientCredentials => "oauth2_client_credentials",
+            AuthType::AwsSigv4 => "aws_sigv4",
+            AuthType::StandardWebhooks => "standard_webhooks",
+            AuthType::HmacSignature => "hmac_signature",
+            AuthType::OAuth2JwtBearer => "oauth2_jwt_bearer",
+            AuthType::OAuth2RefreshToken => "oauth2_refresh_token",
+            AuthType::GithubApp => "github_app",
+        }
+    }
+
+    /// The auth keys each type takes (besides `type`); the first list is required.
+    pub(super) fn fields(self) -> (&'static [&'static str], &'static [&'static str]) {
+        match self {
+            AuthType::Bearer => (&[], &["token", "tokens"]),
+            AuthType::Basic => (&["username", "password"], &[]),
+            AuthType::Header => (&["name"], &["value", "values"]),
+            AuthType::Query => (&["name"], &["value", "values"]),
+            AuthType::OAuth2ClientCredentials => (
+                &["token_url", "client_id", "client_secret"],
+                &["scopes", "audience", "client_auth", "params"],
+            ),
+            AuthType::AwsSigv4 => (
+                &["region", "service", "access_key_id", "secret_access_key"],
+                &["session_token"],
+            ),
+            AuthType::StandardWebhooks => (&["secret"], &[]),
+            AuthType::HmacSignature => {
+                (&["header", "secret"], &["prefix", "algorithm", "encoding"])
+            }
+            AuthType::OAuth2JwtBearer => (
+                &[],
+                &[
+                    "service_account",
+                    "issuer",
+                    "private_key",
+                    "subject",
+                    "audience",
+                    "scopes",
+                    "token_url",
+                ],
+            ),
+            AuthType::GithubApp => (&["app_id", "private_key", "installation_id"], &[]),
+            AuthType::OAuth2RefreshToken => (
+                &["token_url", "client_id", "refresh_token", "store"],
+                &["client_secret", "scopes", "client_auth", "params"],
+            ),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    Basic,
+    Body,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HmacAlgorithm {
+    Sha1,
+    Sha256,
+    Sha512,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SignatureEncoding {
+    Hex,
+    Base64,
+}
+
+/// Credentials injected into every request to an upstream. `Debug` never shows a secret.
+#[derive(Debug)]
+pub enum Auth {
+    /// `Authorization: Bearer <token>`; several tokens form a key pool.
+    Bearer {
+        tokens: Vec<Secret>,
+    },
+    Basic {
+        username: Secret,
+        password: Secret,
+    },
+    /// A custom header; several values form a key pool.
+    Header {
+        name: HeaderName,
+        values: Vec<Secret>,
+    },
+    /// A query parameter (percent-encoded); several values form a key pool.
+    Query {
+        name: String,
+        values: Vec<Secret>,
+    },
+    OAuth2ClientCredentials(OAuth2),
+    AwsSigv4(AwsSigv4),
+    StandardWebhooks {
+        secret: Secret,
+    },
+    HmacSignature(HmacSignature),
+    OAuth2JwtBearer(JwtBearer),
+    GithubApp(GithubApp),
+    OAuth2RefreshToken(RefreshToken),
+}
+
+impl Auth {
+    pub fn kind(&self) -> AuthType {
+        match self {
+            Auth::Bearer { .. } => AuthType::Bearer,
+            Auth::Basic { .. } => AuthType::Basic,
+            Auth::Header { .. } => AuthType::Header,
+            Auth::Query { .. } => AuthType::Query,
+            Auth::OAuth2ClientCredentials(_) => AuthType::OAuth2ClientCredentials,
+            Auth::AwsSigv4(_) => AuthType::AwsSigv4,
+            Auth::StandardWebhooks { .. } => AuthType::StandardWebhooks,
+            Auth::HmacSignature(_) => AuthType::HmacSignature,
+            Auth::OAuth2JwtBearer(_) => AuthType::OAuth2JwtBearer,
+            Auth::GithubApp(_) => AuthType::GithubApp,
+            Auth::OAuth2RefreshToken(_) => AuthType::OAuth2RefreshToken,
+        }
+    }
+
+    /// Number of keys in the pool (1 for types without pools).
+    pub fn pool_size(&self) -> usize {
+        match self {
+            Auth::Bearer { tokens } => tokens.len(),
+            Auth::Header { values, .. } | Auth::Query { values, .. } => values.len(),
+            _ => 1,
+        }
+    }
+}
+
+#[derive(Debug, PartialEq)]
+pub struct OAuth2 {
+    pub token_url: Uri,
+    pub client_id: Secret,
+    pub client_secret: Secret,
+    pub scopes: Vec<String>,
+    pub audience: Option<String>,
+    pub client_auth: ClientAuth,
+    pub params: Vec<(String, String)>,
+}
+
+/// `oauth2_jwt_bearer` (RFC 7523): a signed assertion exchanged for an access token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct JwtBearer {
+    pub token_url: Uri,
+    /// `iss`: the service account's `client_email`, or the Salesforce consumer key.
+    pub issuer: String,
+    /// `sub`: the Salesforce username, or the user a Google service account acts for.
+    pub subject: Option<String>,
+    /// `aud`: the token URL unless set (Salesforce: the login URL).
+    pub audience: String,
+    pub scopes: Vec<String>,
+    /// PEM private key (RSA: RS256; P-256: ES256).
+    pub private_key: Secret,
+    /// `kid` header: the service account's `private_key_id`.
+    pub key_id: Option<String>,
+}
+
+/// `github_app`: installation tokens minted with the app's private key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GithubApp {
+    pub app_id: String,
+    pub private_key: Secret,
+    pub installation_id: u64,
+}
+
+/// `oauth2_refresh_token`: an access token from a (possibly rotating) refresh token.
+#[derive(Clone, Debug, PartialEq)]
+pub struct RefreshToken {
+    pub token_url: Uri,
+    pub client_id: Secret,
+    /// `None` for a public client (only `client_id` is sent).
+    pub client_secret: Option<Secret>,
+    /// The refresh token the operator configured: the seed of the token family. A stored
+    /// token descending from this seed is preferred (it is newer); a new seed replaces it.
+    pub refresh_token: Secret,
+    pub scopes: Vec<String>,
+    pub client_auth: ClientAuth,
+    pub params: Vec<(String, String)>,
+    /// Where rotated refresh tokens are persisted (write + fsync + rename).
+    pub store: PathBuf,
+}
+
+#[derive(Debug)]
+pub struct AwsSigv4 {
+    pub region: String,
+    pub service: String,
+    pub access_key_id: Secret,
+    pub secret_access_key: Secret,
+    pub session_token: Option<Secret>,
+}
+
+#[derive(Debug)]
+pub struct HmacSignature {
+    pub header: HeaderName,
+    pub prefix: String,
+    pub algorithm: HmacAlgorithm,
+    pub encoding: SignatureEncoding,
+    pub secret: Secret,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RateLimit {
+    /// `requests` per `per`.
+    pub requests: f64,
+    pub per: Duration,
+    pub burst: u32,
+    pub max_wait: Duration,
+    pub max_in_flight: Option<u32>,
+    pub shared: Option<SharedLimit>,
+}
+
+impl RateLimit {
+    pub fn per_second(&self) -> f64 {
+        self.requests / self.per.as_secs_f64()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct SharedLimit {
+    /// May carry a password (`redis://:pw@host`): a [`Secret`], so `${env:…}` references work
+    /// and `Debug` never shows it.
+    pub redis_url: Secret,
+    pub expected_replicas: u32,
+    /// Redis keys are `{key_prefix}{upstream}:{key index}`.
+    pub key_prefix: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IdempotencyKeyMode {
+    /// Add a fresh `Idempotency-Key` to POST and PATCH that lack one.
+    Auto,
+    /// Retry POST and PATCH only when the application sent a key.
+    HeaderOnly,
+    /// Never treat POST and PATCH as retryable because of a key.
+    Off,
+}
+
+impl IdempotencyKeyMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            IdempotencyKeyMode::Auto => "auto",
+            IdempotencyKeyMode::HeaderOnly => "header_only",
+            IdempotencyKeyMode::Off => "off",
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Retry {
+    /// Attempts in all, the first included; 1 disables retries.
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    pub on_status: Vec<u16>,
+    pub respect_retry_after: bool,
+    pub max_retry_after: Duration,
+    pub idempotency_key: IdempotencyKeyMode,
+    pub budget_percent: u32,
+    pub min_retries_per_second: u32,
+    pub max_body_bytes: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CircuitBreaker {
+    pub consecutive_failures: u32,
+    pub open_for: Duration,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ErrorMode {
+    Passthrough,
+    Normalize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpMode {
+    /// ALPN on TLS (h2 preferred), HTTP/1.1 on cleartext.
+    Auto,
+    Http1,
+    /// HTTP/2 only; prior knowledge (h2c) on cleartext.
+    Http2,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WebhookScheme {
+    Stripe,
+    Github,
+    StandardWebhooks,
+    Slack,
+    Shopify,
+    Twilio,
+    Sendgrid,
+    Hmac,
+}
+
+impl WebhookScheme {
+    pub fn name(self) -> &'static str {
+        match self {
+            WebhookScheme::Stripe => "stripe",
+            WebhookScheme::Github => "github",
+            WebhookScheme::StandardWebhooks => "standard_webhooks",
+            WebhookScheme::Slack => "slack",
+            WebhookScheme::Shopify => "shopify",
+            WebhookScheme::Twilio => "twilio",
+            WebhookScheme::Sendgrid => "sendgrid",
+            WebhookScheme::Hmac => "hmac",
+        }
+    }
+}
+
+/// One inbound webhook route on `webhook_listen`.
+#[derive(Debug)]
+pub struct Webhook {
+    pub name: String,
+    pub path: String,
+    pub scheme: WebhookScheme,
+    /// Any one verifies (rotation). For `sendgrid`, base64 DER public keys.
+    pub secrets: Vec<Secret>,
+    pub tolerance: Duration,
+    pub max_body_bytes: u64,
+    pub forward_to: Uri,
+    /// `twilio`: the URL the provider calls, without query.
+    pub public_url: Option<String>,
+    /// `hmac`: signature header, optional prefix, algorithm, encoding, timestamp header.
+    pub header: Option<HeaderName>,
+    pub prefix: String,
+    pub algorithm: HmacAlgorithm,
+    pub encoding: SignatureEncoding,
+    pub timestamp_header: Option<HeaderName>,
+}
