@@ -8,7 +8,7 @@ mod pool;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use http::uri::{Authority, Scheme};
@@ -21,14 +21,22 @@ use crate::config::{HttpMode, Upstream};
 
 pub use pool::{ClientError, Endpoint, PooledBody};
 
-type Endpoints = HashMap<(Scheme, Authority), Arc<Endpoint>>;
+/// Weak: an origin's pool lives as long as a stack (or a token source) holds it, so a reload
+/// that removes an upstream frees its connections and its reaper task.
+type Endpoints = HashMap<(Scheme, Authority), Weak<Endpoint>>;
 
 /// A client for one transport setting: an [`Endpoint`] (connection pool) per origin.
 #[derive(Clone)]
 pub struct HttpClient {
     transport: Arc<pool::Transport>,
     endpoints: Arc<Mutex<Endpoints>>,
+    /// Pools used through [`HttpClient::request`] (token endpoints, webhook forward targets),
+    /// held here so their connections are reused; at most [`MAX_ADHOC`] origins.
+    adhoc: Arc<Mutex<HashMap<(Scheme, Authority), Arc<Endpoint>>>>,
 }
+
+/// Origins [`HttpClient::request`] keeps pools for; past this, the oldest set is dropped.
+const MAX_ADHOC: usize = 256;
 
 impl HttpClient {
     /// The connection pool for `scheme://authority`, created on first use. Hot paths keep
@@ -40,11 +48,13 @@ impl HttpClient {
     ) -> Result<Arc<Endpoint>, ClientError> {
         let mut endpoints = self.endpoints.lock().unwrap_or_else(|e| e.into_inner());
         let key = (scheme.clone(), authority.clone());
-        if let Some(endpoint) = endpoints.get(&key) {
-            return Ok(endpoint.clone());
+        if let Some(endpoint) = endpoints.get(&key).and_then(Weak::upgrade) {
+            return Ok(endpoint);
         }
         let endpoint = Endpoint::new(self.transport.clone(), key.0.clone(), key.1.clone())?;
-        endpoints.insert(key, endpoint.clone());
+        // Forget the pools nobody holds any more (upstreams a reload removed).
+        endpoints.retain(|_, weak| weak.strong_count() > 0);
+        endpoints.insert(key, Arc::downgrade(&endpoint));
         Ok(endpoint)
     }
 
@@ -57,7 +67,25 @@ impl HttpClient {
         else {
             return Err(ClientError::InvalidUri);
         };
-        let endpoint = self.endpoint(scheme, authority)?;
+        let key = (scheme.clone(), authority.clone());
+        let held = self
+            .adhoc
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key)
+            .cloned();
+        let endpoint = match held {
+            Some(endpoint) => endpoint,
+            None => {
+                let endpoint = self.endpoint(scheme, authority)?;
+                let mut adhoc = self.adhoc.lock().unwrap_or_else(|e| e.into_inner());
+                if adhoc.len() >= MAX_ADHOC {
+                    adhoc.clear();
+                }
+                adhoc.insert(key, endpoint.clone());
+                endpoint
+            }
+        };
         endpoint.send(request).await
     }
 }
@@ -174,5 +202,34 @@ pub fn build(
     Ok(HttpClient {
         transport: Arc::new(pool::Transport { connector, http }),
         endpoints: Arc::default(),
+        adhoc: Arc::default(),
     })
+}
+
+#[cfg(test)]
+mod endpoint_tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_pool_lives_as_long_as_someone_holds_it() {
+        let client = build(Duration::from_secs(1), HttpMode::Auto, None).unwrap();
+        let scheme = Scheme::HTTP;
+        let authority: Authority = "127.0.0.1:9".parse().unwrap();
+        let first = client.endpoint(&scheme, &authority).unwrap();
+        let again = client.endpoint(&scheme, &authority).unwrap();
+        assert!(
+            Arc::ptr_eq(&first, &again),
+            "one pool per origin while it is held"
+        );
+        let weak = Arc::downgrade(&first);
+        drop((first, again));
+        assert!(
+            weak.upgrade().is_none(),
+            "a removed upstream's pool is freed"
+        );
+        let other: Authority = "127.0.0.1:10".parse().unwrap();
+        let _held = client.endpoint(&scheme, &other).unwrap();
+        let map = client.endpoints.lock().unwrap();
+        assert_eq!(map.len(), 1, "dead entries are pruned");
+    }
 }

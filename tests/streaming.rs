@@ -421,3 +421,61 @@ async fn a_gigabyte_each_way_with_bounded_memory() {
     eprintln!("peak RSS after 1 GiB each way: {peak} KiB");
     binary.stop_and_collect_stderr().await;
 }
+
+/// The application's body is its own fault (issue 14): a malformed chunked body, a chunked
+/// body over `limits.max_body_bytes`, and a body cut short are `400`, `413` and `499`, never a
+/// `502`, never an upstream attempt outcome, and never a breaker failure (one would open it).
+#[tokio::test]
+async fn a_bad_body_from_the_application_is_a_client_fault() {
+    let upstream = StreamingUpstream::start(|req| async move {
+        let mut body = req.into_body();
+        while next_chunk(&mut body).await.is_some() {}
+        http::Response::new(full("ok"))
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "limits: {{ max_body_bytes: 1KiB }}\n{}",
+        config(
+            &upstream.url(""),
+            "circuit_breaker: { consecutive_failures: 1, open_for: 1m }"
+        )
+    ))
+    .await;
+    // A chunk-size line that is not hex, after a good chunk the upstream has started reading.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    conn.write(b"PUT /api/bad HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\nzz\r\n")
+        .await;
+    let response = guard("malformed chunked body", conn.read_response()).await;
+    assert_eq!(response.status, 400, "{}", response.text());
+    // Over the body limit, announced by no Content-Length.
+    let mut conn = RawConn::connect(proxy.addr).await;
+    let mut request =
+        b"PUT /api/big HTTP/1.1\r\nhost: x\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+    for _ in 0..4 {
+        request.extend_from_slice(b"200\r\n");
+        request.extend_from_slice(&[b'a'; 512]);
+        request.extend_from_slice(b"\r\n");
+    }
+    request.extend_from_slice(b"0\r\n\r\n");
+    conn.write(&request).await;
+    let response = guard("chunked body over the limit", conn.read_response()).await;
+    response.assert_error(413, "payload_too_large");
+
+    let metrics = proxy.metrics();
+    for outcome in ["other_error", "connect_error", "timeout"] {
+        assert!(
+            !metrics
+                .lines()
+                .any(|l| l.starts_with("outpost_upstream_attempts_total")
+                    && l.contains(&format!("outcome=\"{outcome}\""))
+                    && !l.ends_with(" 0")),
+            "the application's body is not an upstream {outcome}:\n{metrics}"
+        );
+    }
+    assert_eq!(
+        proxy.get("/api/after").await.status,
+        200,
+        "the breaker stayed closed"
+    );
+    proxy.shutdown().await;
+}
