@@ -24,6 +24,8 @@ pub use pool::{ClientError, Endpoint, PooledBody};
 /// Weak: an origin's pool lives as long as a stack (or a token source) holds it, so a reload
 /// that removes an upstream frees its connections and its reaper task.
 type Endpoints = HashMap<(Scheme, Authority), Weak<Endpoint>>;
+/// Pools held for [`HttpClient::request`].
+type Held = HashMap<(Scheme, Authority), Arc<Endpoint>>;
 
 /// A client for one transport setting: an [`Endpoint`] (connection pool) per origin.
 #[derive(Clone)]
@@ -32,7 +34,7 @@ pub struct HttpClient {
     endpoints: Arc<Mutex<Endpoints>>,
     /// Pools used through [`HttpClient::request`] (token endpoints, webhook forward targets),
     /// held here so their connections are reused; at most [`MAX_ADHOC`] origins.
-    adhoc: Arc<Mutex<HashMap<(Scheme, Authority), Arc<Endpoint>>>>,
+    adhoc: Arc<Mutex<Held>>,
 }
 
 /// Origins [`HttpClient::request`] keeps pools for; past this, the oldest set is dropped.
