@@ -12,6 +12,7 @@
 //! it, so an injected credential never reaches the ring, a cassette, the HAR or the page; known
 //! secret strings are scrubbed on top of that in case an upstream echoes one.
 
+pub mod cassette;
 pub mod config;
 pub mod har;
 pub mod redact;
