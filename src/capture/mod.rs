@@ -15,6 +15,7 @@
 pub mod cassette;
 pub mod config;
 pub mod har;
+pub mod inspector;
 pub mod redact;
 pub mod ring;
 
