@@ -381,13 +381,17 @@ fn har_response(ring: &CaptureRing) -> Response<InspectorBody> {
 
 /// Outpost's error JSON.
 fn error(status: StatusCode, kind: &'static str, message: &str) -> Response<InspectorBody> {
+    let request_id = uuid::Uuid::new_v4().to_string();
     let mut resp = json_response(
         status,
         &json!({"error": {"type": kind, "message": message, "status": status.as_u16(),
-                          "retryable": false, "request_id": uuid::Uuid::new_v4().to_string()}}),
+                          "retryable": false, "request_id": request_id}}),
     );
-    resp.headers_mut()
-        .insert("x-outpost-error", HeaderValue::from_static(kind));
+    let h = resp.headers_mut();
+    h.insert("x-outpost-error", HeaderValue::from_static(kind));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        h.insert("x-request-id", v);
+    }
     resp
 }
 

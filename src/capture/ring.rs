@@ -175,9 +175,16 @@ impl Exchange {
         self.accounted
     }
 
-    /// The full URL: `base_url` + path + `?query`.
+    /// The full URL: `base_url` + path + `?query`; without a base URL,
+    /// `http://outpost.invalid/<name>` stands in for it (HAR needs an absolute URL).
     pub fn url(&self) -> String {
-        let base = self.base_url.trim_end_matches('/');
+        let fallback;
+        let base = if self.base_url.is_empty() {
+            fallback = format!("http://outpost.invalid/{}", self.name);
+            fallback.as_str()
+        } else {
+            self.base_url.trim_end_matches('/')
+        };
         match &self.query {
             Some(q) => format!("{base}{}?{q}", self.path),
             None => format!("{base}{}", self.path),
