@@ -6,6 +6,7 @@
 //! * [`har`]: HAR 1.2 export of the ring.
 //! * [`cassette`]: record/replay files, one per upstream, and request matching.
 //! * [`inspector`]: the inspector page and its JSON API on `inspect_listen`.
+//! * [`tap`]: body wrappers that feed a streaming request path into the ring.
 //!
 //! Capture sits at the application's side of the stack: requests are captured as the
 //! application sent them (before credentials are injected) and responses as they returned to
@@ -18,10 +19,12 @@ pub mod har;
 pub mod inspector;
 pub mod redact;
 pub mod ring;
+pub mod tap;
 
 pub use self::config::{CaptureConfig, CassetteOptions, Mode, RawCapture, RawCassetteOptions};
 pub use self::redact::{Redactor, REDACTED};
 pub use self::ring::{Attempt, CaptureRing, Exchange, ExchangeDraft, ExchangeKind, Filter};
+pub use self::tap::{Recording, TapBody};
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -365,6 +365,13 @@ impl ExchangeDraft {
         self.error = Some(error_type.into());
         self
     }
+    /// Set the error type unless one is set already (the first cause wins).
+    pub fn error_if_none(&mut self, error_type: &str) -> &mut Self {
+        if self.error.is_none() {
+            self.error = Some(error_type.to_string());
+        }
+        self
+    }
     /// The exchange was answered from (`"replay"`) or written to (`"record"`) a cassette.
     pub fn cassette(&mut self, what: impl Into<String>) -> &mut Self {
         self.cassette = Some(what.into());
