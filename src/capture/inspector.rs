@@ -628,3 +628,28 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use crate::capture::CaptureConfig;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Any request target the HTTP parser accepts gets an answer, never a panic.
+        #[test]
+        fn any_target_is_answered(target in "/[ -~]{0,40}", method in prop_oneof![Just("GET"), Just("POST"), Just("PUT"), Just("HEAD")]) {
+            let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+            let Ok(uri) = target.parse::<http::Uri>() else { return Ok(()) };
+            let inspector = Inspector::new(CaptureRing::new(CaptureConfig::default()));
+            let req = Request::builder().method(method).uri(uri).header(CSRF_HEADER, "1").body(()).unwrap();
+            let status = rt.block_on(async {
+                // Event streams are endless; only the head matters here.
+                inspector.handle(req).await.status()
+            });
+            prop_assert!(status.as_u16() >= 200);
+        }
+    }
+}

@@ -12,6 +12,7 @@
 //!    cap, a tail that is the beginning of a secret is scrubbed too.
 
 use http::HeaderName;
+use memchr::memmem;
 
 use super::config::is_never_stored;
 
@@ -19,12 +20,28 @@ use super::config::is_never_stored;
 pub const REDACTED: &str = "[redacted]";
 
 /// The redaction rules of one ring or cassette. Cheap to clone; rebuilt when secrets rotate.
-#[derive(Debug, Clone, Default)]
+/// Its `Debug` shows how many secrets it knows, never them.
+#[derive(Clone, Default)]
 pub struct Redactor {
     headers: Vec<HeaderName>,
     json_fields: Vec<String>,
     /// Each secret with its encoded variants, longest first; never empty strings.
     secrets: Vec<Vec<u8>>,
+    /// One SIMD substring searcher per entry of `secrets` (memchr's memmem).
+    finders: Vec<memmem::Finder<'static>>,
+}
+
+impl std::fmt::Debug for Redactor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Redactor")
+            .field("headers", &self.headers)
+            .field("json_fields", &self.json_fields)
+            .field(
+                "secrets",
+                &format_args!("[{} redacted]", self.secrets.len()),
+            )
+            .finish()
+    }
 }
 
 impl Redactor {
@@ -33,6 +50,7 @@ impl Redactor {
             headers,
             json_fields,
             secrets: Vec::new(),
+            finders: Vec::new(),
         }
     }
 
@@ -57,6 +75,10 @@ impl Redactor {
             }
         }
         all.sort_by_key(|v| std::cmp::Reverse(v.len()));
+        self.finders = all
+            .iter()
+            .map(|v| memmem::Finder::new(v).into_owned())
+            .collect();
         self.secrets = all;
     }
 
@@ -125,9 +147,9 @@ impl Redactor {
     /// Secrets only (the cassette rule, which must keep bodies byte-exact otherwise).
     pub fn scrub(&self, bytes: &[u8]) -> Vec<u8> {
         let mut out = bytes.to_vec();
-        for secret in &self.secrets {
-            if find(&out, secret).is_some() {
-                out = replace_all(&out, secret, REDACTED.as_bytes());
+        for finder in &self.finders {
+            if finder.find(&out).is_some() {
+                out = replace_all(&out, finder, REDACTED.as_bytes());
             }
         }
         out
@@ -161,20 +183,14 @@ fn looks_like_json(body: &[u8]) -> bool {
     )
 }
 
-fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
-    if needle.is_empty() || needle.len() > haystack.len() {
-        return None;
-    }
-    haystack.windows(needle.len()).position(|w| w == needle)
-}
-
-fn replace_all(haystack: &[u8], needle: &[u8], with: &[u8]) -> Vec<u8> {
+fn replace_all(haystack: &[u8], finder: &memmem::Finder<'_>, with: &[u8]) -> Vec<u8> {
+    let len = finder.needle().len();
     let mut out = Vec::with_capacity(haystack.len());
     let mut rest = haystack;
-    while let Some(pos) = find(rest, needle) {
+    while let Some(pos) = finder.find(rest) {
         out.extend_from_slice(&rest[..pos]);
         out.extend_from_slice(with);
-        rest = &rest[pos + needle.len()..];
+        rest = &rest[pos + len..];
     }
     out.extend_from_slice(rest);
     out
@@ -385,5 +401,103 @@ mod tests {
         assert_eq!(out, b"token: [redacted]".to_vec());
         // A short unrelated tail is kept.
         assert_eq!(r.body(b"abc sk", None, true), b"abc sk".to_vec());
+    }
+
+    #[test]
+    fn debug_never_prints_a_secret() {
+        let mut r = Redactor::new(vec![], vec![]);
+        r.set_secrets(&["sk_live_DEBUGME"]);
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("DEBUGME"), "{shown}");
+        assert!(shown.contains("redacted"), "{shown}");
+        let ring = crate::capture::CaptureRing::new(crate::capture::CaptureConfig::default());
+        ring.set_secrets(&["sk_live_DEBUGME"]);
+        assert!(!format!("{ring:?}").contains("DEBUGME"));
+    }
+
+    mod prop {
+        use super::super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(256))]
+
+            /// Any bytes: no panic, whatever the content type or truncation.
+            #[test]
+            fn never_panics(body in proptest::collection::vec(any::<u8>(), 0..300), truncated: bool) {
+                let mut r = Redactor::new(vec![], vec!["email".into(), "a".into()]);
+                r.set_secrets(&["s3cr3t"]);
+                for ct in [Some("application/json"), Some("application/x-www-form-urlencoded"), None] {
+                    let _ = r.body(&body, ct, truncated);
+                }
+                let _ = r.query(&String::from_utf8_lossy(&body));
+            }
+
+            /// A secret placed anywhere, cut anywhere: never stored, not even its first 4+ bytes at the end.
+            #[test]
+            fn secret_never_survives(prefix in "[a-z ]{0,40}", suffix in "[a-z ]{0,40}", cut in 0usize..120) {
+                let secret = "sk_test_PROPxyz123";
+                let mut r = Redactor::new(vec![], vec![]);
+                r.set_secrets(&[secret]);
+                let full = format!("{prefix}{secret}{suffix}");
+                let end = cut.min(full.len());
+                let stored = r.body(&full.as_bytes()[..end], None, end < full.len());
+                let text = String::from_utf8_lossy(&stored).into_owned();
+                prop_assert!(!text.contains(secret));
+                for k in 4..secret.len() {
+                    prop_assert!(!text.ends_with(&secret[..k]), "tail {} survives in {:?}", &secret[..k], text);
+                }
+            }
+
+            /// Valid JSON stays valid JSON, with every listed key redacted and the rest unchanged.
+            #[test]
+            fn json_stays_json(v in json_value()) {
+                let text = serde_json::to_string_pretty(&v).unwrap();
+                let out = redact_json_text(text.as_bytes(), &["email".to_string()]);
+                let parsed: serde_json::Value = serde_json::from_slice(&out).expect("still JSON");
+                prop_assert_eq!(parsed, expected(&v));
+            }
+        }
+
+        fn json_value() -> impl Strategy<Value = serde_json::Value> {
+            let leaf = prop_oneof![
+                Just(serde_json::Value::Null),
+                any::<bool>().prop_map(serde_json::Value::from),
+                any::<i32>().prop_map(serde_json::Value::from),
+                "[a-z\\\"\\u{e9} :,{}\\[\\]]{0,8}".prop_map(serde_json::Value::from),
+            ];
+            leaf.prop_recursive(4, 32, 4, |inner| {
+                prop_oneof![
+                    proptest::collection::vec(inner.clone(), 0..4)
+                        .prop_map(serde_json::Value::from),
+                    proptest::collection::vec(
+                        (prop_oneof![Just("email".to_string()), "[a-z]{1,5}"], inner),
+                        0..4
+                    )
+                    .prop_map(|kv| serde_json::Value::Object(kv.into_iter().collect())),
+                ]
+            })
+        }
+
+        fn expected(v: &serde_json::Value) -> serde_json::Value {
+            match v {
+                serde_json::Value::Object(m) => serde_json::Value::Object(
+                    m.iter()
+                        .map(|(k, v)| {
+                            let nv = if k == "email" {
+                                serde_json::Value::from("[redacted]")
+                            } else {
+                                expected(v)
+                            };
+                            (k.clone(), nv)
+                        })
+                        .collect(),
+                ),
+                serde_json::Value::Array(a) => {
+                    serde_json::Value::Array(a.iter().map(expected).collect())
+                }
+                other => other.clone(),
+            }
+        }
     }
 }

@@ -1034,3 +1034,23 @@ mod tests {
         assert_eq!(v["attempts"].as_array().unwrap().len(), 2);
     }
 }
+
+#[cfg(test)]
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Hostile filter strings never panic, and a parsed filter can always be applied.
+        #[test]
+        fn filters_never_panic(q in "[ -~]{0,60}") {
+            let ring = CaptureRing::new(CaptureConfig::default());
+            let mut d = ring.start_upstream("s", &Method::GET, &"/".parse().unwrap(), &HeaderMap::new());
+            d.request_chunk(&[0xff, 0xfe]);
+            ring.commit(d);
+            if let Ok(f) = Filter::from_query(&q) {
+                let _ = ring.list(&f);
+            }
+        }
+    }
+}

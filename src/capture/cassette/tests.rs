@@ -557,3 +557,52 @@ async fn record_async_and_concurrent_writers_keep_every_recording() {
         assert_eq!(got.body, format!("r{i}"));
     }
 }
+
+mod prop {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// Hand-edited garbage never panics the loader: it loads or is an error.
+        #[test]
+        fn any_file_loads_or_errors(text in "(version: 1\nupstream: stripe\n)?[ -~\n\t]{0,200}") {
+            let dir = Dir::new("prop");
+            fs::write(dir.0.join("stripe.yaml"), &text).unwrap();
+            let _ = Cassette::open(&dir.0, "stripe", opts(&[], &[]), redactor(&[]));
+        }
+
+        /// Plausible interactions with hostile field values: load or error, then lookups never panic.
+        #[test]
+        fn hostile_interactions(
+            method in "[A-Z!-/]{0,6}",
+            path in "/?[ -~]{0,20}",
+            query in proptest::option::of("[ -~]{0,20}"),
+            header in "[ -~]{0,20}",
+            body in "[ -~]{0,30}",
+            b64 in proptest::option::of("[A-Za-z0-9+/=!]{0,12}"),
+            status in 0u16..1200,
+        ) {
+            let file = CassetteFile {
+                version: 1,
+                upstream: "stripe".into(),
+                interactions: vec![Interaction {
+                    request: RecordedRequest { method: method.clone(), path: path.clone(), query: query.clone(),
+                        headers: vec![header.clone()], body: Some(body.clone()), body_base64: None },
+                    response: RecordedResponse { status, headers: vec![header], body: None, body_base64: b64 },
+                }],
+            };
+            let dir = Dir::new("prop2");
+            fs::write(dir.0.join("stripe.yaml"), serde_yaml::to_string(&file).unwrap()).unwrap();
+            if let Ok(c) = Cassette::open(&dir.0, "stripe", opts(&["x"], &[]), redactor(&["s"])) {
+                let uri = format!("{path}?{}", query.unwrap_or_default());
+                if let (Ok(m), Ok(u)) = (method.parse::<Method>(), uri.parse::<http::Uri>()) {
+                    let r = CassetteRequest::new(m, &u, HeaderMap::new(), Bytes::from(body));
+                    let _ = c.lookup(&r);
+                }
+                let _ = c.lookup(&req("GET", "/", &[], "{\"a\":[1,{\"b\":null}]}"));
+            }
+        }
+    }
+}
