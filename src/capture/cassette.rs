@@ -212,6 +212,21 @@ impl ReplayMiss {
     pub fn details(&self) -> Value {
         json!({"asked": self.asked, "recorded": self.recorded, "nearest": self.nearest})
     }
+
+    /// The whole `502 replay_miss` body in Outpost's error shape, for `error.rs` to send
+    /// (with `x-outpost-error: replay_miss`): `{"error": {"type": "replay_miss", "message",
+    /// "upstream", "status": 502, "retryable": false, "request_id", "replay_miss": details}}`.
+    pub fn error_json(&self, request_id: &str) -> Value {
+        json!({"error": {
+            "type": "replay_miss",
+            "message": self.message(),
+            "upstream": self.upstream,
+            "status": 502,
+            "retryable": false,
+            "request_id": request_id,
+            "replay_miss": self.details(),
+        }})
+    }
 }
 
 /// The comparable form of a request.

@@ -127,17 +127,27 @@ impl Redactor {
 
     /// A body in its stored form. `truncated` says the bytes stop at the capture cap.
     pub fn body(&self, body: &[u8], content_type: Option<&str>, truncated: bool) -> Vec<u8> {
+        self.body_owned(body.to_vec(), content_type, truncated)
+    }
+
+    /// [`Redactor::body`] without copying a body that needs no change.
+    pub fn body_owned(
+        &self,
+        body: Vec<u8>,
+        content_type: Option<&str>,
+        truncated: bool,
+    ) -> Vec<u8> {
         let ct = content_type.unwrap_or("").to_ascii_lowercase();
-        let mut out = if self.json_fields.is_empty() {
-            body.to_vec()
-        } else if ct.contains("json") || looks_like_json(body) {
-            redact_json_text(body, &self.json_fields)
+        let out = if self.json_fields.is_empty() {
+            body
+        } else if ct.contains("json") || looks_like_json(&body) {
+            redact_json_text(&body, &self.json_fields)
         } else if ct.starts_with("application/x-www-form-urlencoded") {
-            redact_form(body, &self.json_fields)
+            redact_form(&body, &self.json_fields)
         } else {
-            body.to_vec()
+            body
         };
-        out = self.scrub(&out);
+        let mut out = self.scrub_owned(out);
         if truncated {
             self.scrub_tail(&mut out);
         }
@@ -146,7 +156,10 @@ impl Redactor {
 
     /// Secrets only (the cassette rule, which must keep bodies byte-exact otherwise).
     pub fn scrub(&self, bytes: &[u8]) -> Vec<u8> {
-        let mut out = bytes.to_vec();
+        self.scrub_owned(bytes.to_vec())
+    }
+
+    fn scrub_owned(&self, mut out: Vec<u8>) -> Vec<u8> {
         for finder in &self.finders {
             if finder.find(&out).is_some() {
                 out = replace_all(&out, finder, REDACTED.as_bytes());

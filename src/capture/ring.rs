@@ -9,6 +9,10 @@
 //! within `max_total_bytes` plus allocator slack, whatever the traffic; with the defaults
 //! (500 exchanges, 64 KiB bodies, 32 MiB) that is about 32 MiB.
 //!
+//! An exchange still in flight is outside the ring: it holds up to `2 × max_body_bytes` of
+//! body copies until it is committed (so the peak is `max_total_bytes` plus that much per
+//! concurrent request; the app listener's `max_connections` bounds the number).
+//!
 //! **Off is free.** Capture off means the request path holds no ring (`Option<Arc<CaptureRing>>`
 //! is `None`) and does no work at all; the ring exists only when `capture:` is configured.
 //!
@@ -640,13 +644,13 @@ impl CaptureRing {
                     body: Bytes::from(draft.request.buf.clone()),
                 }
             });
-        let body = |tap: &BodyTap| {
+        let body = |tap: BodyTap| {
             let truncated = tap.truncated();
             CapturedBody {
-                bytes: Bytes::from(r.body(&tap.buf, tap.content_type.as_deref(), truncated)),
+                bytes: Bytes::from(r.body_owned(tap.buf, tap.content_type.as_deref(), truncated)),
                 size: tap.size,
                 truncated,
-                content_type: tap.content_type.clone(),
+                content_type: tap.content_type,
             }
         };
         let mut ex = Exchange {
@@ -658,10 +662,10 @@ impl CaptureRing {
             path: r.text(&draft.path),
             query: draft.query.as_deref().map(|q| r.query(q)),
             request_headers: r.headers(&draft.request_headers),
-            request_body: body(&draft.request),
+            request_body: body(draft.request),
             status: draft.status,
             response_headers: r.headers(&draft.response_headers),
-            response_body: body(&draft.response),
+            response_body: body(draft.response),
             started: draft.started,
             wait: draft.wait,
             total: draft.total.unwrap_or_else(|| draft.clock.elapsed()),

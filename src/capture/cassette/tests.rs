@@ -408,6 +408,13 @@ fn miss_names_the_request_and_the_nearest_recording() {
         miss.message(),
         "stripe: no recording matches GET /v1/customers"
     );
+    let body = miss.error_json("req-1");
+    assert_eq!(body["error"]["type"], "replay_miss");
+    assert_eq!(body["error"]["status"], 502);
+    assert_eq!(body["error"]["retryable"], false);
+    assert_eq!(body["error"]["upstream"], "stripe");
+    assert_eq!(body["error"]["request_id"], "req-1");
+    assert_eq!(body["error"]["replay_miss"]["recorded"], 3);
     let details = miss.details();
     assert_eq!(details["nearest"]["request"]["query"], "limit=10");
     assert_eq!(details["asked"]["method"], "GET");
