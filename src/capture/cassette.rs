@@ -280,6 +280,8 @@ pub struct Cassette {
     options: CassetteOptions,
     redactor: RwLock<Arc<Redactor>>,
     state: Mutex<State>,
+    /// Held while a recording is written, so concurrent writers never lose one another's.
+    writer: Mutex<()>,
 }
 
 impl std::fmt::Debug for Cassette {
@@ -354,6 +356,7 @@ impl Cassette {
                 entries: Vec::new(),
                 calls: HashMap::new(),
             }),
+            writer: Mutex::new(()),
         };
         let mut entries = Vec::with_capacity(file.interactions.len());
         for (i, interaction) in file.interactions.iter().enumerate() {
@@ -493,8 +496,12 @@ impl Cassette {
                 path: shown.clone(),
                 message,
             })?;
-        let mut state = self.lock();
-        let mut file = state.file.clone();
+        // Writers take turns; lookups only wait for the in-memory update, never for the disk.
+        let _writer = match self.writer.lock() {
+            Ok(g) => g,
+            Err(p) => p.into_inner(),
+        };
+        let mut file = self.lock().file.clone();
         file.interactions.push(interaction);
         let text = serde_yaml::to_string(&file).map_err(|e| CassetteError::Invalid {
             path: shown.clone(),
@@ -504,6 +511,7 @@ impl Cassette {
             path: shown,
             message: e.to_string(),
         })?;
+        let mut state = self.lock();
         state.file = file;
         state.entries.push(entry);
         Ok(())
