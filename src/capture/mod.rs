@@ -12,6 +12,35 @@
 //! application sent them (before credentials are injected) and responses as they returned to
 //! it, so an injected credential never reaches the ring, a cassette, the HAR or the page; known
 //! secret strings are scrubbed on top of that in case an upstream echoes one.
+//!
+//! # Wiring (what the config, the request path and the webhook receiver call)
+//!
+//! * **Config**: `capture: Option<RawCapture>`, `inspect_listen: Option<String>`,
+//!   `cassette_dir: Option<PathBuf>` at the top level; `mode: Option<Mode>` and
+//!   `cassette: Option<RawCassetteOptions>` per upstream. Validate with
+//!   [`RawCapture::validate`], [`config::inspect_listen`], [`RawCassetteOptions::validate`] and
+//!   [`config::validate_modes`] (with `--record`/`--replay` as every upstream's mode).
+//! * **App start / reload**: `let ring = CaptureRing::new(cfg)` when `capture` is set (else no
+//!   ring at all); [`CaptureRing::set_secrets`] with every resolved credential (again on
+//!   reload and file-secret rotation); spawn [`inspector::serve`] on `inspect_listen` with an
+//!   [`inspector::Inspector`] whose [`inspector::WebhookReplayer`] forwards
+//!   [`ring::Exchange::replay_request`] to the webhook's `forward_to`. For each upstream whose
+//!   mode uses a cassette: [`cassette::Cassette::open`] (errors are config errors), with
+//!   `ring.redactor()` or a [`Redactor`] holding the same secrets.
+//! * **Request path** (outermost, beside the access log, before auth):
+//!   `ring.start_upstream(name, method, forwarded_uri, app_headers)` → a
+//!   [`tap::Recording`]; wrap the request body with `tap_request` and the response body going
+//!   back with `tap_response` (or [`tap::TapBody::passthrough`] when capture is off); record
+//!   `attempt`, `limiter_wait`, `response_head`, `error` and `base_url` through
+//!   `Recording::with`. The exchange commits itself when the response body ends.
+//! * **Replay mode**: before the breaker and limiter, build a [`cassette::CassetteRequest`]
+//!   (the application's request with its whole body; `generated_idempotency_key` when Outpost
+//!   added the key) and call [`cassette::Cassette::lookup`]: `Ok` is the answer (never the
+//!   network); `Err(miss)` is `502 replay_miss` with [`cassette::ReplayMiss::error_json`] in
+//!   `replay`, or the live call in `replay_or_record`. **Record**: after the live call, once the
+//!   response body is complete, [`cassette::Cassette::record_async`].
+//! * **Webhook receiver**: `ring.start_webhook(name, method, uri, headers)`, the body chunks,
+//!   `webhook(result_label, forward_to)` and the response given to the provider, then commit.
 
 pub mod cassette;
 pub mod config;
