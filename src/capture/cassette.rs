@@ -643,6 +643,135 @@ impl Cassette {
     }
 }
 
+/// Default cap of a response body recorded through [`Cassette::record_body`].
+pub const DEFAULT_MAX_RECORD_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+impl Cassette {
+    /// Wrap the live response body going back to the application: its bytes stream through
+    /// unchanged while a copy is kept, and when it ends the interaction is recorded on the
+    /// blocking pool. A body larger than `limit`, or one that fails, is not recorded (a
+    /// warning is logged, without any value).
+    pub fn record_body<B>(
+        self: &Arc<Self>,
+        request: CassetteRequest,
+        status: u16,
+        headers: HeaderMap,
+        body: B,
+        limit: usize,
+    ) -> RecordBody<B> {
+        RecordBody {
+            inner: body,
+            state: Some(RecordState {
+                cassette: Arc::clone(self),
+                request,
+                status,
+                headers,
+                buf: Vec::new(),
+                limit,
+            }),
+        }
+    }
+}
+
+struct RecordState {
+    cassette: Arc<Cassette>,
+    request: CassetteRequest,
+    status: u16,
+    headers: HeaderMap,
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl RecordState {
+    fn finish(self) {
+        let RecordState {
+            cassette,
+            request,
+            status,
+            headers,
+            buf,
+            ..
+        } = self;
+        let upstream = cassette.upstream.clone();
+        let write = move || {
+            if let Err(e) = cassette.record(&request, status, &headers, &buf) {
+                tracing::warn!(upstream = %upstream, error = %e, "cassette: recording failed");
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(handle) => {
+                handle.spawn_blocking(write);
+            }
+            Err(_) => write(),
+        }
+    }
+}
+
+pin_project_lite::pin_project! {
+    /// A response body that is recorded into a cassette when it ends
+    /// ([`Cassette::record_body`]).
+    pub struct RecordBody<B> {
+        #[pin]
+        inner: B,
+        state: Option<RecordState>,
+    }
+}
+
+impl<B> http_body::Body for RecordBody<B>
+where
+    B: http_body::Body,
+    B::Data: AsRef<[u8]>,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
+        use std::task::Poll;
+        let this = self.project();
+        let polled = this.inner.poll_frame(cx);
+        match &polled {
+            Poll::Ready(Some(Ok(frame))) => {
+                if let (Some(data), Some(state)) = (frame.data_ref(), this.state.as_mut()) {
+                    let chunk = data.as_ref();
+                    if state.buf.len() + chunk.len() > state.limit {
+                        tracing::warn!(
+                            upstream = %state.cassette.upstream,
+                            limit = state.limit,
+                            "cassette: response body too large to record"
+                        );
+                        *this.state = None;
+                    } else {
+                        state.buf.extend_from_slice(chunk);
+                    }
+                }
+            }
+            Poll::Ready(Some(Err(_))) => {
+                if this.state.take().is_some() {
+                    tracing::warn!("cassette: response body failed; not recorded");
+                }
+            }
+            Poll::Ready(None) => {
+                if let Some(state) = this.state.take() {
+                    state.finish();
+                }
+            }
+            Poll::Pending => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 fn parse(text: &str, shown: &str) -> Result<CassetteFile, CassetteError> {
     let file: CassetteFile = serde_yaml::from_str(text).map_err(|e| {
         let (line, column) = e.location().map_or((0, 0), |l| (l.line(), l.column()));

@@ -38,7 +38,9 @@
 //!   added the key) and call [`cassette::Cassette::lookup`]: `Ok` is the answer (never the
 //!   network); `Err(miss)` is `502 replay_miss` with [`cassette::ReplayMiss::error_json`] in
 //!   `replay`, or the live call in `replay_or_record`. **Record**: after the live call, once the
-//!   response body is complete, [`cassette::Cassette::record_async`].
+//!   response body is complete, [`cassette::Cassette::record_async`], or wrap the live response
+//!   body in [`cassette::Cassette::record_body`], which streams it through and records it when
+//!   it ends.
 //! * **Webhook receiver**: `ring.start_webhook(name, method, uri, headers)`, the body chunks,
 //!   `webhook(result_label, forward_to)` and the response given to the provider, then commit.
 

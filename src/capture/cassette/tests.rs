@@ -565,6 +565,68 @@ async fn record_async_and_concurrent_writers_keep_every_recording() {
     }
 }
 
+#[tokio::test]
+async fn record_body_records_when_the_stream_ends() {
+    use http_body_util::{BodyExt, Full, StreamBody};
+    let dir = Dir::new("recbody");
+    let c = Arc::new(open(&dir, opts(&[], &[])));
+    let body = c.record_body(
+        req("GET", "/v1/a", &[], ""),
+        200,
+        HeaderMap::new(),
+        Full::new(Bytes::from_static(b"streamed")),
+        1024,
+    );
+    assert_eq!(&body.collect().await.unwrap().to_bytes()[..], b"streamed");
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while c.is_empty() {
+        assert!(tokio::time::Instant::now() < deadline, "recorded in time");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await; // poll
+    }
+    assert_eq!(
+        &c.lookup(&req("GET", "/v1/a", &[], "")).unwrap().body[..],
+        b"streamed"
+    );
+
+    // Too large, or failing: streamed to the app all the same, not recorded.
+    let big = c.record_body(
+        req("GET", "/v1/big", &[], ""),
+        200,
+        HeaderMap::new(),
+        Full::new(Bytes::from(vec![b'x'; 2048])),
+        1024,
+    );
+    assert_eq!(big.collect().await.unwrap().to_bytes().len(), 2048);
+    let chunks = futures_util::stream::iter(vec![
+        Ok(http_body::Frame::data(Bytes::from_static(b"x"))),
+        Err("reset"),
+    ]);
+    let failing = c.record_body(
+        req("GET", "/v1/fail", &[], ""),
+        200,
+        HeaderMap::new(),
+        StreamBody::new(chunks),
+        1024,
+    );
+    assert!(failing.collect().await.is_err());
+    // A third, small recording proves the writer ran after the two that were skipped.
+    let last = c.record_body(
+        req("GET", "/v1/c", &[], ""),
+        200,
+        HeaderMap::new(),
+        Full::new(Bytes::from_static(b"c")),
+        1024,
+    );
+    last.collect().await.unwrap();
+    while c.len() < 2 {
+        assert!(tokio::time::Instant::now() < deadline, "recorded in time");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await; // poll
+    }
+    assert_eq!(c.len(), 2);
+    assert!(c.lookup(&req("GET", "/v1/big", &[], "")).is_err());
+    assert!(c.lookup(&req("GET", "/v1/fail", &[], "")).is_err());
+}
+
 mod prop {
     use super::*;
     use proptest::prelude::*;
