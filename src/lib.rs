@@ -8,6 +8,7 @@
 pub mod admin;
 pub mod app;
 pub mod body;
+pub mod capture;
 pub mod check;
 pub mod client;
 pub mod config;

@@ -49,10 +49,12 @@ pub struct Ports {
 
 /// `version: 1`, `listen` and `admin_listen` on free ports, then `yaml` (dedented).
 pub fn binary_config(yaml: &str) -> (String, Ports) {
-    let ports = Ports {
-        app: free_port(),
-        admin: free_port(),
-    };
+    let app = free_port();
+    // Two free ports found one after the other may be the same one.
+    let admin = std::iter::repeat_with(free_port)
+        .find(|p| *p != app)
+        .expect("a second free port");
+    let ports = Ports { app, admin };
     let text = format!(
         "version: 1\nlisten: 127.0.0.1:{}\nadmin_listen: 127.0.0.1:{}\n{}",
         ports.app,
