@@ -17,6 +17,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin::{serve_admin, Readiness};
+use crate::capture::CaptureRing;
 use crate::client::Clients;
 use crate::config::Limits;
 use crate::config::{self, Config};
@@ -42,6 +43,9 @@ pub struct App {
     admin_task: JoinHandle<()>,
     /// Bound when the config has `webhooks` (at start, or by the reload that adds the first).
     webhooks: Mutex<Option<WebhookServer>>,
+    /// The capture ring and the inspector's address, when the config had `capture:` at start.
+    capture: Option<Arc<CaptureRing>>,
+    pub inspect_addr: Option<SocketAddr>,
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -97,7 +101,31 @@ impl App {
         // Bound before anything is spawned, so a bind failure leaves nothing running.
         let webhooks = WebhookServer::start(&config, &metrics, stopped(stop.subscribe())).await?;
         let (admin_stop, admin_stop_rx) = watch::channel(false);
-        let proxy = Proxy::new(state.clone(), Arc::new(RequestIds::default()));
+        // Capture: off unless `capture:` is set; the inspector only on its loopback listener.
+        let (capture, inspect_addr) = match &config.capture {
+            Some(settings) => {
+                let ring = CaptureRing::new(settings.clone());
+                let secrets = config.secret_values();
+                ring.set_secrets(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+                let listener = bind("inspect_listen", config.inspect_listen).await?;
+                let addr = listener.local_addr().map_err(|source| StartError::Bind {
+                    what: "inspect_listen",
+                    addr: config.inspect_listen,
+                    source,
+                })?;
+                let inspector = Arc::new(crate::capture::inspector::Inspector::new(ring.clone()));
+                tokio::spawn(crate::capture::inspector::serve(
+                    listener,
+                    inspector,
+                    stopped(admin_stop.subscribe()),
+                ));
+                tracing::info!(inspect = %addr, "capture on: the inspector is served");
+                (Some(ring), Some(addr))
+            }
+            None => (None, None),
+        };
+        let proxy = Proxy::new(state.clone(), Arc::new(RequestIds::default()))
+            .with_capture(capture.clone());
         let app_task = tokio::spawn(serve_app(
             app_listener,
             proxy,
@@ -137,6 +165,8 @@ impl App {
             admin_stop,
             admin_task,
             webhooks: Mutex::new(webhooks),
+            capture,
+            inspect_addr,
         })
     }
 
@@ -180,6 +210,11 @@ impl App {
         }
         drop(webhooks);
         retain_metrics(&self.metrics, &generation.config);
+        if let Some(ring) = &self.capture {
+            // Rotated secrets are scrubbed from captures too.
+            let secrets = generation.config.secret_values();
+            ring.set_secrets(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+        }
         // The previous generation (and the state of upstreams this one dropped) is freed once
         // the last request still running on it finishes.
         self.state.store(Arc::new(generation));

@@ -12,6 +12,7 @@
 //! No error message ever contains a secret's value.
 
 pub mod bounds;
+pub mod capture;
 pub mod forms;
 pub mod locate;
 mod model;

@@ -10,12 +10,13 @@ use std::sync::Arc;
 
 use arc_swap::ArcSwap;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
-use http::{Method, Request, Response, Version};
+use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{boxed, BoxBody};
+use crate::capture::{CaptureRing, Recording};
 use crate::client::Clients;
 use crate::config::{Config, Limits};
 use crate::error::{ProxyError, X_REQUEST_ID};
@@ -75,11 +76,24 @@ pub use crate::net::RequestIds;
 pub struct Proxy {
     state: Arc<ArcSwap<Generation>>,
     ids: Arc<RequestIds>,
+    /// The capture ring (`capture:`), outermost: requests as the application sent them,
+    /// responses as they went back to it. `None`: capture off, nothing recorded.
+    capture: Option<Arc<CaptureRing>>,
 }
 
 impl Proxy {
     pub fn new(state: Arc<ArcSwap<Generation>>, ids: Arc<RequestIds>) -> Self {
-        Proxy { state, ids }
+        Proxy {
+            state,
+            ids,
+            capture: None,
+        }
+    }
+
+    /// Record every routed exchange in `ring`.
+    pub fn with_capture(mut self, ring: Option<Arc<CaptureRing>>) -> Self {
+        self.capture = ring;
+        self
     }
 
     /// Account for a request head the listener refused before hyper saw it (400/408/431
@@ -137,6 +151,18 @@ impl Proxy {
         // From here on the request is accounted for however it ends, the application going
         // away (hyper dropping this future) included.
         let pending = Pending::new(&stack, &method, uri.path(), &request_id_value, start);
+        // Capture (when on): the request as the application sent it, before any credential.
+        let recording = self.capture.as_ref().map(|ring| {
+            let forwarded = match uri.query() {
+                Some(query) => format!("{rest_path}?{query}"),
+                None => rest_path.to_string(),
+            };
+            let forwarded = forwarded.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            let mut draft =
+                ring.start_upstream(&stack.config.name, &method, &forwarded, req.headers());
+            draft.base_url(stack.config.base_url.to_string());
+            Recording::new(ring, draft)
+        });
 
         let limit = generation.limits().max_body_bytes;
         let declared = req
@@ -153,6 +179,10 @@ impl Proxy {
                     Some(limit) => req.map(|b| boxed(Limited::new(b, limit as usize))),
                     None => req.map(|b| b.map_err(Into::into).boxed_unsync()),
                 };
+                let request = match &recording {
+                    Some(recording) => request.map(|b| boxed(recording.tap_request(b))),
+                    None => request,
+                };
                 stack
                     .call(
                         Outbound {
@@ -168,7 +198,7 @@ impl Proxy {
             }
         };
         let attempts = pending.answered();
-        self.finish(
+        let response = self.finish(
             &generation,
             Some(&stack),
             &method,
@@ -178,7 +208,23 @@ impl Proxy {
             attempts,
             request_safe,
             result,
-        )
+        );
+        match recording {
+            Some(recording) => {
+                recording.with(|draft| {
+                    draft.response_head(response.status().as_u16(), response.headers());
+                    if let Some(kind) = response
+                        .headers()
+                        .get(&crate::error::X_OUTPOST_ERROR)
+                        .and_then(|v| v.to_str().ok())
+                    {
+                        draft.error_if_none(kind);
+                    }
+                });
+                response.map(|b| boxed(recording.tap_response(b)))
+            }
+            None => response,
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

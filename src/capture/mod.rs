@@ -45,7 +45,7 @@
 //!   `webhook(result_label, forward_to)` and the response given to the provider, then commit.
 
 pub mod cassette;
-pub mod config;
+pub use crate::config::capture as config;
 pub mod har;
 pub mod inspector;
 pub mod redact;

@@ -168,11 +168,13 @@ where
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         let Some(tap) = this.tap.as_ref() else {
             return polled;
         };
+        // hyper stops polling a body that says it has ended: that is its end too.
+        let ended = matches!(&polled, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream();
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -200,6 +202,9 @@ where
                 }
             }
             Poll::Pending => {}
+        }
+        if ended && tap.side == Side::Response {
+            tap.shared.commit(None);
         }
         polled
     }

@@ -20,6 +20,10 @@ pub struct Config {
     pub webhooks: Vec<Arc<Webhook>>,
     /// Secret files and CA files referenced by the config: watched for changes.
     pub watched_files: Vec<PathBuf>,
+    /// `capture:`: the ring of recent exchanges, off (`None`) by default.
+    pub capture: Option<super::capture::CaptureConfig>,
+    /// The inspector's listener (bound only with `capture`), loopback by default.
+    pub inspect_listen: SocketAddr,
 }
 
 #[derive(Clone, Debug)]
@@ -459,4 +463,48 @@ pub struct Webhook {
     pub algorithm: HmacAlgorithm,
     pub encoding: SignatureEncoding,
     pub timestamp_header: Option<HeaderName>,
+}
+
+impl Auth {
+    /// The secrets this auth type holds (for scrubbing captures); never for display.
+    pub fn secrets(&self) -> Vec<&Secret> {
+        match self {
+            Auth::Bearer { tokens } => tokens.iter().collect(),
+            Auth::Basic { username, password } => vec![username, password],
+            Auth::Header { values, .. } | Auth::Query { values, .. } => values.iter().collect(),
+            Auth::OAuth2ClientCredentials(o) => vec![&o.client_id, &o.client_secret],
+            Auth::AwsSigv4(a) => {
+                let mut out = vec![&a.access_key_id, &a.secret_access_key];
+                out.extend(a.session_token.as_ref());
+                out
+            }
+            Auth::StandardWebhooks { secret } => vec![secret],
+            Auth::HmacSignature(h) => vec![&h.secret],
+            Auth::OAuth2JwtBearer(j) => vec![&j.private_key],
+            Auth::GithubApp(g) => vec![&g.private_key],
+            Auth::OAuth2RefreshToken(r) => {
+                let mut out = vec![&r.client_id, &r.refresh_token];
+                out.extend(r.client_secret.as_ref());
+                out
+            }
+        }
+    }
+}
+
+impl Config {
+    /// Every secret value the config resolved (auth credentials, webhook secrets), for the
+    /// capture ring to scrub wherever one appears. Never logged or displayed.
+    pub fn secret_values(&self) -> Vec<String> {
+        let mut out: Vec<String> = Vec::new();
+        for upstream in &self.upstreams {
+            if let Some(auth) = &upstream.auth {
+                out.extend(auth.secrets().into_iter().map(|s| s.expose().to_string()));
+            }
+        }
+        for webhook in &self.webhooks {
+            out.extend(webhook.secrets.iter().map(|s| s.expose().to_string()));
+        }
+        out.retain(|s| s.len() >= 4);
+        out
+    }
 }

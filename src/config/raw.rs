@@ -20,6 +20,9 @@ pub(super) struct RawConfig {
     pub(super) upstreams: UniqueMap<RawUpstream>,
     #[serde(default)]
     pub(super) webhooks: UniqueMap<RawWebhook>,
+    /// Issue 13: the capture ring and the inspector (`capture: {}` = the defaults).
+    pub(super) capture: Option<super::capture::RawCapture>,
+    pub(super) inspect_listen: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -117,7 +117,30 @@ impl Validator {
             }
         }
 
+        let capture = match raw.capture.as_ref().map(|c| c.validate()) {
+            Some(Ok(capture)) => Some(Some(capture)),
+            Some(Err(e)) => {
+                self.error("capture", e);
+                None
+            }
+            None => Some(None),
+        };
+        let inspect_listen = match super::capture::inspect_listen(raw.inspect_listen.as_deref()) {
+            Ok(addr) => Some(addr),
+            Err(e) => {
+                self.error("inspect_listen", e);
+                None
+            }
+        };
+        if let (Some(a), Some(i), Some(Some(_))) = (listen, inspect_listen, &capture) {
+            if a == i && a.port() != 0 {
+                self.error("inspect_listen", "inspect_listen must differ from listen");
+            }
+        }
+
         Some(Config {
+            capture: capture?,
+            inspect_listen: inspect_listen?,
             path: path.to_path_buf(),
             listen: listen?,
             admin_listen: admin_listen?,

@@ -27,13 +27,13 @@ use std::path::Path;
 use http::HeaderName;
 use serde::Deserialize;
 
-use crate::config::units::Size;
+use super::units::Size;
 
 /// Exchanges kept in the ring at most (oldest evicted first).
 pub const DEFAULT_MAX_EXCHANGES: usize = 500;
 /// Bytes of one request or response body kept at most; the rest is counted, not stored.
 pub const DEFAULT_MAX_BODY_BYTES: u64 = 64 * 1024;
-/// Bytes the whole ring holds at most (see [`crate::capture::ring`] for what counts).
+/// Bytes the whole ring holds at most (see `capture/ring.rs` for what counts).
 pub const DEFAULT_MAX_TOTAL_BYTES: u64 = 32 * 1024 * 1024;
 /// Headers whose values are replaced by `[redacted]` when `redact_headers` is not written.
 /// `authorization` and `proxy-authorization` are always redacted on top of this list.
@@ -183,7 +183,7 @@ pub struct RawCassetteOptions {
     #[serde(default)]
     pub match_headers: Vec<String>,
     /// Query parameters, form fields and JSON keys (any depth) ignored when matching, on top of
-    /// the built-in rule for timestamp-looking values (see [`crate::capture::cassette`]).
+    /// the built-in rule for timestamp-looking values (see `capture/cassette.rs`).
     #[serde(default)]
     pub ignore_fields: Vec<String>,
 }
