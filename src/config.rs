@@ -159,6 +159,15 @@ pub fn load(path: &Path) -> Result<Config, ConfigError> {
 }
 
 /// Validate config text as if read from `path` (used for messages and relative secret files).
+/// `outpost run --record DIR` / `--replay DIR`: every upstream's `mode` and the cassette
+/// directory, for every config this process loads (start and reloads).
+static MODE_OVERRIDE: std::sync::OnceLock<(capture::Mode, PathBuf)> = std::sync::OnceLock::new();
+
+/// Set the process-wide mode override (once, before the first load).
+pub fn set_mode_override(mode: capture::Mode, dir: PathBuf) {
+    let _ = MODE_OVERRIDE.set((mode, dir));
+}
+
 pub fn load_str(source: &str, path: &Path) -> Result<Config, ConfigError> {
     let file = path.display().to_string();
     // Bounded work before the YAML parser sees the text (deep nesting, alias bombs).
@@ -182,6 +191,14 @@ pub fn load_str(source: &str, path: &Path) -> Result<Config, ConfigError> {
     if v.issues.is_empty() {
         if let Some(mut config) = config {
             config.watched_files = v.watched.into_iter().collect();
+            if let Some((mode, dir)) = MODE_OVERRIDE.get() {
+                config.cassette_dir = Some(dir.clone());
+                for upstream in &mut config.upstreams {
+                    if let Some(upstream) = Arc::get_mut(upstream) {
+                        upstream.mode = *mode;
+                    }
+                }
+            }
             return Ok(config);
         }
     }

@@ -86,6 +86,9 @@ pub enum ProxyError {
     },
     #[error("{upstream}: {}", if *.total { "no response within the total timeout" } else { "no response within the attempt timeout" })]
     Timeout { upstream: String, total: bool },
+    /// `mode: replay` and no recording matches: answered without reaching the network.
+    #[error("{}", .0.message())]
+    ReplayMiss(Box<crate::capture::cassette::ReplayMiss>),
 }
 
 fn unreachable_message(kind: FailureKind) -> &'static str {
@@ -113,6 +116,7 @@ impl ProxyError {
             ProxyError::CredentialsUnavailable { .. } => "credentials_unavailable",
             ProxyError::Unreachable { .. } => "upstream_unreachable",
             ProxyError::Timeout { .. } => "upstream_timeout",
+            ProxyError::ReplayMiss(_) => "replay_miss",
         }
     }
 
@@ -132,6 +136,7 @@ impl ProxyError {
             }
             ProxyError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
             ProxyError::Timeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::ReplayMiss(_) => StatusCode::BAD_GATEWAY,
         }
     }
 
@@ -142,6 +147,7 @@ impl ProxyError {
                 | ProxyError::BadRequest(_)
                 | ProxyError::PayloadTooLarge { .. }
                 | ProxyError::HeadersTooLarge { .. }
+                | ProxyError::ReplayMiss(_)
         )
     }
 
@@ -189,6 +195,22 @@ impl ProxyError {
         request_id: &str,
         request_safe: bool,
     ) -> Response<BoxBody> {
+        if let ProxyError::ReplayMiss(miss) = self {
+            // The miss names what was asked and the nearest recording (never a secret: the
+            // cassette holds none).
+            let mut response = Response::new(full(miss.error_json(request_id).to_string()));
+            *response.status_mut() = StatusCode::BAD_GATEWAY;
+            let headers = response.headers_mut();
+            headers.insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            headers.insert(
+                X_OUTPOST_ERROR.clone(),
+                HeaderValue::from_static("replay_miss"),
+            );
+            if let Ok(id) = HeaderValue::from_str(request_id) {
+                headers.insert(X_REQUEST_ID.clone(), id);
+            }
+            return response;
+        }
         ErrorBody {
             kind: self.kind(),
             message: &self.to_string(),

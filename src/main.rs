@@ -39,11 +39,21 @@ impl ConfigArg {
     }
 }
 
+#[derive(Args, Default)]
+struct RunArgs {
+    /// Record every upstream's answers into cassettes in DIR (mode: record for all)
+    #[arg(long, value_name = "DIR", conflicts_with = "replay")]
+    record: Option<PathBuf>,
+    /// Answer every upstream call from the cassettes in DIR, never the network (mode: replay)
+    #[arg(long, value_name = "DIR")]
+    replay: Option<PathBuf>,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Serve (the default): app listener, admin listener (/metrics /healthz /readyz), webhooks.
     /// SIGTERM drains in-flight requests and exits 0; SIGHUP reloads the config.
-    Run,
+    Run(RunArgs),
     /// Validate the config and that every secret resolves (never printing one); print the
     /// integration summary. Exit 0 when valid, 1 with `file:line:col: message` errors.
     Check,
@@ -80,8 +90,16 @@ fn main() -> ExitCode {
         }
     };
     let code = runtime.block_on(async move {
-        match cli.command.unwrap_or(Command::Run) {
-            Command::Run => outpost::app::run(&cli.config.path()).await,
+        match cli.command.unwrap_or(Command::Run(RunArgs::default())) {
+            Command::Run(args) => {
+                use outpost::capture::Mode;
+                match (args.record, args.replay) {
+                    (Some(dir), _) => outpost::config::set_mode_override(Mode::Record, dir),
+                    (None, Some(dir)) => outpost::config::set_mode_override(Mode::Replay, dir),
+                    (None, None) => {}
+                }
+                outpost::app::run(&cli.config.path()).await
+            }
             Command::Check => check(&cli.config.path()),
             Command::Demo { listen, admin } => report(outpost::demo::run(listen, admin).await),
             Command::Mock(args) => report(outpost::mock::run(args).await),

@@ -9,6 +9,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
+use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, Uri, Version};
 use http_body_util::{BodyExt, Limited};
@@ -16,7 +17,8 @@ use hyper::body::Incoming;
 use tokio::time::Instant;
 
 use crate::body::{boxed, BoxBody};
-use crate::capture::{CaptureRing, Recording};
+use crate::capture::cassette::{Cassette, CassetteRequest, DEFAULT_MAX_RECORD_BODY_BYTES};
+use crate::capture::{CaptureRing, Mode, Recording};
 use crate::client::Clients;
 use crate::config::{Config, Limits};
 use crate::error::{ProxyError, X_REQUEST_ID};
@@ -29,6 +31,8 @@ pub struct Generation {
     pub config: Arc<Config>,
     router: Router,
     upstreams: Vec<Arc<UpstreamStack>>,
+    /// The cassette of each upstream whose `mode` is not `live` (same order as `upstreams`).
+    cassettes: Vec<Option<Arc<Cassette>>>,
     unknown: UpstreamMetrics,
 }
 
@@ -56,10 +60,12 @@ impl Generation {
                 UpstreamStack::new(u.clone(), clients, metrics, before.map(|s| &**s)).map(Arc::new)
             })
             .collect::<Result<_, _>>()?;
+        let cassettes = open_cassettes(&config)?;
         Ok(Generation {
             config,
             router,
             upstreams,
+            cassettes,
             unknown: UpstreamMetrics::new(metrics, NO_UPSTREAM),
         })
     }
@@ -132,8 +138,12 @@ impl Proxy {
                 .route(host, uri.path())
                 .map(|r| (r.index, r.rest))
         });
-        let (stack, rest_path) = match routed {
-            Ok((index, rest)) => (generation.upstreams[index].clone(), rest),
+        let (stack, cassette, rest_path) = match routed {
+            Ok((index, rest)) => (
+                generation.upstreams[index].clone(),
+                generation.cassettes.get(index).cloned().flatten(),
+                rest,
+            ),
             Err(e) => {
                 return self.finish(
                     &generation,
@@ -151,13 +161,18 @@ impl Proxy {
         // From here on the request is accounted for however it ends, the application going
         // away (hyper dropping this future) included.
         let pending = Pending::new(&stack, &method, uri.path(), &request_id_value, start);
-        // Capture (when on): the request as the application sent it, before any credential.
-        let recording = self.capture.as_ref().map(|ring| {
-            let forwarded = match uri.query() {
+        // The forwarded path and query, for capture and cassettes (built only when used).
+        let forwarded = (self.capture.is_some() || cassette.is_some()).then(|| {
+            let text = match uri.query() {
                 Some(query) => format!("{rest_path}?{query}"),
                 None => rest_path.to_string(),
             };
-            let forwarded = forwarded.parse().unwrap_or_else(|_| Uri::from_static("/"));
+            text.parse::<Uri>()
+                .unwrap_or_else(|_| Uri::from_static("/"))
+        });
+        // Capture (when on): the request as the application sent it, before any credential.
+        let recording = self.capture.as_ref().map(|ring| {
+            let forwarded = forwarded.clone().unwrap_or_else(|| Uri::from_static("/"));
             let mut draft =
                 ring.start_upstream(&stack.config.name, &method, &forwarded, req.headers());
             draft.base_url(stack.config.base_url.to_string());
@@ -183,18 +198,35 @@ impl Proxy {
                     Some(recording) => request.map(|b| boxed(recording.tap_request(b))),
                     None => request,
                 };
-                stack
-                    .call(
-                        Outbound {
+                match (&cassette, &forwarded) {
+                    (Some(cassette), Some(forwarded)) => {
+                        self.with_cassette(
+                            &stack,
+                            cassette,
+                            forwarded,
                             request,
                             rest_path,
-                            upgrade,
-                            body_limit: limit,
-                        },
-                        request_id,
-                        &pending.attempts,
-                    )
-                    .await
+                            limit,
+                            request_id,
+                            &pending.attempts,
+                        )
+                        .await
+                    }
+                    _ => {
+                        stack
+                            .call(
+                                Outbound {
+                                    request,
+                                    rest_path,
+                                    upgrade,
+                                    body_limit: limit,
+                                },
+                                request_id,
+                                &pending.attempts,
+                            )
+                            .await
+                    }
+                }
             }
         };
         let attempts = pending.answered();
@@ -225,6 +257,63 @@ impl Proxy {
             }
             None => response,
         }
+    }
+
+    /// Record/replay (`mode:`): replay a matching recording without touching the network, or
+    /// answer `502 replay_miss` (`replay`), or go live and record the answer as it streams back
+    /// (`record`, and a miss in `replay_or_record`). The body is read whole (it is matched or
+    /// stored as one), at most `limits.max_body_bytes` or 16 MiB.
+    #[allow(clippy::too_many_arguments)]
+    async fn with_cassette(
+        &self,
+        stack: &UpstreamStack,
+        cassette: &Arc<Cassette>,
+        forwarded: &Uri,
+        request: Request<BoxBody>,
+        rest_path: &str,
+        limit: Option<u64>,
+        request_id: &str,
+        attempts: &AtomicU32,
+    ) -> Result<Response<BoxBody>, ProxyError> {
+        let (parts, body) = request.into_parts();
+        let read_limit = limit.unwrap_or(DEFAULT_MAX_RECORD_BODY_BYTES as u64);
+        let chunks = crate::stack::auth::read_capped(body, &parts.headers, read_limit).await?;
+        let bytes: Bytes = match chunks.as_slice() {
+            [one] => one.clone(),
+            many => many.concat().into(),
+        };
+        let asked = CassetteRequest::new(
+            parts.method.clone(),
+            forwarded,
+            parts.headers.clone(),
+            bytes.clone(),
+        );
+        let mode = stack.config.mode;
+        if matches!(mode, Mode::Replay | Mode::ReplayOrRecord) {
+            match cassette.lookup(&asked) {
+                Ok(answer) => return Ok(replayed(answer)),
+                Err(miss) if mode == Mode::Replay => return Err(ProxyError::ReplayMiss(miss)),
+                Err(_) => {}
+            }
+        }
+        let request = Request::from_parts(parts, crate::body::full(bytes));
+        let response = stack
+            .call(
+                Outbound {
+                    request,
+                    rest_path,
+                    upgrade: None,
+                    body_limit: limit,
+                },
+                request_id,
+                attempts,
+            )
+            .await?;
+        let status = response.status().as_u16();
+        let headers = response.headers().clone();
+        Ok(response.map(|body| {
+            boxed(cassette.record_body(asked, status, headers, body, DEFAULT_MAX_RECORD_BODY_BYTES))
+        }))
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -275,6 +364,37 @@ impl Proxy {
             .or_insert(request_id_value);
         response
     }
+}
+
+/// Open the cassette of every upstream that records or replays (a garbage file fails the
+/// config). Their scrubber knows every secret of the config.
+fn open_cassettes(config: &Config) -> Result<Vec<Option<Arc<Cassette>>>, String> {
+    let secrets = config.secret_values();
+    let mut redactor = crate::capture::Redactor::new(Vec::new(), Vec::new());
+    redactor.set_secrets(&secrets.iter().map(String::as_str).collect::<Vec<_>>());
+    let redactor = Arc::new(redactor);
+    config
+        .upstreams
+        .iter()
+        .map(|u| match (&config.cassette_dir, u.mode.uses_cassette()) {
+            (Some(dir), true) => Cassette::open(dir, &u.name, u.cassette.clone(), redactor.clone())
+                .map(|c| Some(Arc::new(c)))
+                .map_err(|e| format!("upstreams.{}: {e}", u.name)),
+            _ => Ok(None),
+        })
+        .collect()
+}
+
+/// A recorded answer as the response for the application.
+fn replayed(answer: crate::capture::cassette::ReplayResponse) -> Response<BoxBody> {
+    let mut response = Response::new(crate::body::full(answer.body));
+    *response.status_mut() = answer.status;
+    *response.headers_mut() = answer.headers;
+    response.headers_mut().insert(
+        http::HeaderName::from_static("x-outpost-cassette"),
+        HeaderValue::from_static("replayed"),
+    );
+    response
 }
 
 /// A routed request in flight: holds the in-flight gauge, counts attempts, and when dropped

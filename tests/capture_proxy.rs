@@ -111,3 +111,145 @@ async fn capture_is_off_by_default() {
     assert_eq!(proxy.get("/api/x").await.status, 200);
     proxy.shutdown().await;
 }
+
+fn cassette_yaml(base_url: &str, dir: &std::path::Path, mode: &str) -> String {
+    format!(
+        "cassette_dir: {}\nupstreams:\n  api:\n    base_url: {base_url}\n    mode: {mode}\n    auth: {{ type: bearer, token: {KEY} }}\n",
+        dir.display()
+    )
+}
+
+/// Record against a Stripe-like mock, stop it, replay: the same SDK-shaped calls get the same
+/// bytes back, a JSON body with its keys in another order still matches, a request with no
+/// recording is `502 replay_miss` naming the nearest one, and nothing reaches the network.
+#[tokio::test]
+async fn record_then_replay_without_the_network() {
+    let dir = TempDir::new("cassettes");
+    let mock = MockUpstream::start(|req| match req.path() {
+        "/v1/charges" => Reply::json(
+            200,
+            &serde_json::json!({"id": "ch_1", "amount": 100, "object": "charge"}),
+        ),
+        _ => Reply::json(
+            200,
+            &serde_json::json!({"id": "cus_9", "object": "customer"}),
+        ),
+    })
+    .await;
+    let proxy = Proxy::start(&cassette_yaml(&mock.url(""), &dir.path, "record")).await;
+    let form = [("content-type", "application/json")];
+    let charge = proxy
+        .request(
+            "POST",
+            "/api/v1/charges",
+            &form,
+            r#"{"amount": 100, "currency": "usd"}"#,
+        )
+        .await;
+    assert_eq!(charge.status, 200);
+    let customer = proxy.get("/api/v1/customers/cus_9?expand=sources").await;
+    assert_eq!(customer.status, 200);
+    let file = dir.path.join("api.yaml");
+    poll_until("both interactions are written", || {
+        let file = file.clone();
+        async move {
+            std::fs::read_to_string(&file)
+                .map(|t| t.matches("status: 200").count() >= 2 || t.matches("status:").count() >= 2)
+                .unwrap_or(false)
+        }
+    })
+    .await;
+    let recorded = std::fs::read_to_string(&file).unwrap();
+    assert!(
+        !recorded.contains(KEY),
+        "no secret in the cassette:\n{recorded}"
+    );
+    assert!(recorded.contains("/v1/charges"), "{recorded}");
+    proxy.shutdown().await;
+    drop(mock);
+
+    // Replay in front of an upstream that must not be reached.
+    let untouched = MockUpstream::ok().await;
+    let proxy = Proxy::start(&cassette_yaml(&untouched.url(""), &dir.path, "replay")).await;
+    let again = proxy
+        .request(
+            "POST",
+            "/api/v1/charges",
+            &form,
+            r#"{"currency": "usd", "amount": 100}"#,
+        )
+        .await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body, charge.body, "the same bytes back");
+    assert_eq!(again.header("x-outpost-cassette"), Some("replayed"));
+    let again = proxy.get("/api/v1/customers/cus_9?expand=sources").await;
+    assert_eq!(again.body, customer.body);
+    let miss = proxy.get("/api/v1/customers/cus_404").await;
+    let error = miss.assert_error(502, "replay_miss");
+    let text = error.to_string();
+    assert!(
+        text.contains("/v1/customers/cus_404"),
+        "names what was asked: {text}"
+    );
+    assert!(
+        text.contains("/v1/customers/cus_9"),
+        "and the nearest recording: {text}"
+    );
+    untouched.assert_untouched("replay mode");
+    proxy.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_non_live_mode_needs_cassette_dir() {
+    let dir = TempDir::new("nocassette");
+    let path = dir.write(
+        "proxy.yaml",
+        "version: 1\nupstreams:\n  api:\n    base_url: https://api.example.com\n    mode: replay\n",
+    );
+    let run = outpost(&["check", "-c", &path.display().to_string()], &[], None).await;
+    assert_eq!(run.code, Some(1), "{}", run.stderr);
+    assert!(format!("{}{}", run.stdout, run.stderr).contains("cassette_dir"));
+}
+
+/// `outpost run --replay DIR` replays every upstream from the cassettes in DIR, whatever the
+/// config's `mode` says.
+#[tokio::test]
+async fn run_replay_flag_replays_every_upstream() {
+    let cassettes = TempDir::new("flag-cassettes");
+    let mock =
+        MockUpstream::start(|_| Reply::json(200, &serde_json::json!({"recorded": true}))).await;
+    let proxy = Proxy::start(&cassette_yaml(&mock.url(""), &cassettes.path, "record")).await;
+    let recorded = proxy.get("/api/v1/balance").await;
+    assert_eq!(recorded.status, 200);
+    let file = cassettes.path.join("api.yaml");
+    poll_until("the interaction is written", || {
+        let file = file.clone();
+        async move { std::fs::read_to_string(&file).is_ok_and(|t| t.contains("/v1/balance")) }
+    })
+    .await;
+    proxy.shutdown().await;
+
+    let untouched = MockUpstream::ok().await;
+    let dir = TempDir::new("flag-bin");
+    let (text, ports) = binary_config(&format!(
+        "upstreams:\n  api:\n    base_url: {}\n    auth: {{ type: bearer, token: {KEY} }}\n",
+        untouched.url("")
+    ));
+    let config_path = dir.write("proxy.yaml", text);
+    let args = [
+        "run".to_string(),
+        "-c".to_string(),
+        config_path.display().to_string(),
+        "--replay".to_string(),
+        cassettes.path.display().to_string(),
+    ];
+    let mut binary = Binary::launch(dir, config_path, &args, &[], ports).await;
+    let replayed = get(&binary.url("/api/v1/balance")).await;
+    assert_eq!(replayed.status, 200);
+    assert_eq!(replayed.body, recorded.body);
+    get(&binary.url("/api/v1/other"))
+        .await
+        .assert_error(502, "replay_miss");
+    untouched.assert_untouched("--replay");
+    binary.stop_and_collect_stderr().await;
+}

@@ -730,8 +730,8 @@ where
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<http_body::Frame<B::Data>, B::Error>>> {
         use std::task::Poll;
-        let this = self.project();
-        let polled = this.inner.poll_frame(cx);
+        let mut this = self.project();
+        let polled = this.inner.as_mut().poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let (Some(data), Some(state)) = (frame.data_ref(), this.state.as_mut()) {
@@ -759,6 +759,12 @@ where
                 }
             }
             Poll::Pending => {}
+        }
+        // hyper stops polling a body that says it has ended: record it then.
+        if matches!(&polled, Poll::Ready(Some(Ok(_)))) && this.inner.is_end_stream() {
+            if let Some(state) = this.state.take() {
+                state.finish();
+            }
         }
         polled
     }

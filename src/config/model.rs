@@ -24,6 +24,8 @@ pub struct Config {
     pub capture: Option<super::capture::CaptureConfig>,
     /// The inspector's listener (bound only with `capture`), loopback by default.
     pub inspect_listen: SocketAddr,
+    /// `cassette_dir` (relative to the config file's directory), when set.
+    pub cassette_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug)]
@@ -77,6 +79,9 @@ pub struct Upstream {
     pub tls_ca_file: Option<PathBuf>,
     /// Provider facts from the preset (or generic defaults).
     pub provider: &'static PresetDefaults,
+    /// Record/replay (`mode:`), and how its cassette matches (`cassette:`).
+    pub mode: super::capture::Mode,
+    pub cassette: super::capture::CassetteOptions,
 }
 
 /// The scheme, authority and base path of an upstream; the only source of where requests go.

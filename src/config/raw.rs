@@ -23,6 +23,8 @@ pub(super) struct RawConfig {
     /// Issue 13: the capture ring and the inspector (`capture: {}` = the defaults).
     pub(super) capture: Option<super::capture::RawCapture>,
     pub(super) inspect_listen: Option<String>,
+    /// Where cassettes live (one file per upstream); needed by any mode but `live`.
+    pub(super) cassette_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -67,6 +69,9 @@ pub(super) struct RawUpstream {
     #[serde(default)]
     pub(super) hosts: Vec<String>,
     pub(super) tls: Option<RawTls>,
+    /// Issue 13: `live` (default) | `record` | `replay` | `replay_or_record`.
+    pub(super) mode: Option<super::capture::Mode>,
+    pub(super) cassette: Option<super::capture::RawCassetteOptions>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -138,7 +138,17 @@ impl Validator {
             }
         }
 
+        let cassette_dir = raw.cassette_dir.map(|d| self.base_dir.join(d));
+        let modes: Vec<(&str, super::capture::Mode)> = upstreams
+            .iter()
+            .map(|u| (u.name.as_str(), u.mode))
+            .collect();
+        if let Err(e) = super::capture::validate_modes(cassette_dir.as_deref(), &modes) {
+            self.error("cassette_dir", e);
+        }
+
         Some(Config {
+            cassette_dir,
             capture: capture?,
             inspect_listen: inspect_listen?,
             path: path.to_path_buf(),
@@ -480,6 +490,14 @@ impl Validator {
             None => None,
         };
 
+        let cassette = match raw.cassette.as_ref().map(|c| c.validate(&name)) {
+            None => Some(super::capture::CassetteOptions::default()),
+            Some(Ok(options)) => Some(options),
+            Some(Err(e)) => {
+                self.error(join(path, "cassette"), e);
+                None
+            }
+        };
         Some(Upstream {
             name,
             preset: raw.preset,
@@ -497,6 +515,8 @@ impl Validator {
             hosts,
             tls_ca_file,
             provider,
+            mode: raw.mode.unwrap_or_default(),
+            cassette: cassette?,
         })
     }
 

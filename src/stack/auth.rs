@@ -206,7 +206,7 @@ fn rebuilt(base: &BaseUrl, path_and_query: &str) -> Result<Uri, ProxyError> {
 }
 
 /// Read a body into memory, at most `limit` bytes (also when its `Content-Length` says more).
-async fn read_capped(
+pub(crate) async fn read_capped(
     mut body: BoxBody,
     headers: &HeaderMap,
     limit: u64,
