@@ -46,6 +46,33 @@ pub struct App {
     /// The capture ring and the inspector's address, when the config had `capture:` at start.
     capture: Option<Arc<CaptureRing>>,
     pub inspect_addr: Option<SocketAddr>,
+    replayer: Arc<Replayer>,
+}
+
+/// The inspector's Replay button: sends through the webhook receiver of the moment (bound at
+/// start, or by the reload that adds the first webhook).
+#[derive(Default)]
+struct Replayer(Mutex<Option<Arc<crate::webhook::receiver::Receiver>>>);
+
+impl Replayer {
+    fn set(&self, server: Option<&WebhookServer>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = server.map(|s| s.receiver.clone());
+    }
+}
+
+impl crate::capture::inspector::WebhookReplayer for Replayer {
+    fn replay<'a>(
+        &'a self,
+        exchange: &'a crate::capture::Exchange,
+    ) -> futures_util::future::BoxFuture<'a, Result<u16, String>> {
+        let receiver = self.0.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        Box::pin(async move {
+            match receiver {
+                Some(receiver) => receiver.replay(exchange).await,
+                None => Err("no webhook receiver is running".into()),
+            }
+        })
+    }
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, StartError> {
@@ -98,9 +125,7 @@ impl App {
             })?;
 
         let (stop, stop_rx) = watch::channel(false);
-        // Bound before anything is spawned, so a bind failure leaves nothing running.
-        let webhooks = WebhookServer::start(&config, &metrics, stopped(stop.subscribe())).await?;
-        let (admin_stop, admin_stop_rx) = watch::channel(false);
+        let replayer = Arc::new(Replayer::default());
         // Capture: off unless `capture:` is set; the inspector only on its loopback listener.
         let (capture, inspect_addr) = match &config.capture {
             Some(settings) => {
@@ -113,17 +138,30 @@ impl App {
                     addr: config.inspect_listen,
                     source,
                 })?;
-                let inspector = Arc::new(crate::capture::inspector::Inspector::new(ring.clone()));
+                let inspector = Arc::new(
+                    crate::capture::inspector::Inspector::new(ring.clone())
+                        .with_replayer(replayer.clone()),
+                );
                 tokio::spawn(crate::capture::inspector::serve(
                     listener,
                     inspector,
-                    stopped(admin_stop.subscribe()),
+                    stopped(stop.subscribe()),
                 ));
                 tracing::info!(inspect = %addr, "capture on: the inspector is served");
                 (Some(ring), Some(addr))
             }
             None => (None, None),
         };
+        // Bound before anything is spawned, so a bind failure leaves nothing running.
+        let webhooks = WebhookServer::start(
+            &config,
+            &metrics,
+            capture.clone(),
+            stopped(stop.subscribe()),
+        )
+        .await?;
+        replayer.set(webhooks.as_ref());
+        let (admin_stop, admin_stop_rx) = watch::channel(false);
         let proxy = Proxy::new(state.clone(), Arc::new(RequestIds::default()))
             .with_capture(capture.clone());
         let app_task = tokio::spawn(serve_app(
@@ -167,6 +205,7 @@ impl App {
             webhooks: Mutex::new(webhooks),
             capture,
             inspect_addr,
+            replayer,
         })
     }
 
@@ -201,9 +240,11 @@ impl App {
                 let server = WebhookServer::start_now(
                     &generation.config,
                     &self.metrics,
+                    self.capture.clone(),
                     stopped(self.stop.subscribe()),
                 )
                 .map_err(|e| e.to_string())?;
+                self.replayer.set(Some(&server));
                 *webhooks = Some(server);
             }
             None => {}

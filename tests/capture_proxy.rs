@@ -253,3 +253,62 @@ async fn run_replay_flag_replays_every_upstream() {
     untouched.assert_untouched("--replay");
     binary.stop_and_collect_stderr().await;
 }
+
+/// A webhook delivery is captured with its verification result, and the inspector's replay
+/// sends the stored delivery to the application a second time.
+#[tokio::test]
+async fn a_webhook_delivery_is_captured_and_replayed_to_the_app() {
+    use hmac::{Hmac, Mac};
+    let app = MockUpstream::start(|_| Reply::text(200, "thanks")).await;
+    let secret = "partner-canary-secret";
+    let proxy = Proxy::start(&format!(
+        "capture: {{}}\ninspect_listen: 127.0.0.1:0\nwebhook_listen: 127.0.0.1:0\nwebhooks:\n  partner:\n    path: /partner\n    scheme: hmac\n    header: X-Sig\n    algorithm: sha256\n    encoding: hex\n    secrets: [\"{secret}\"]\n    forward_to: {}\n",
+        app.url("/hooks/partner")
+    ))
+    .await;
+    let body = r#"{"event": "paid", "id": "evt_1"}"#;
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+    mac.update(body.as_bytes());
+    let signature = hex::encode(mac.finalize().into_bytes());
+    let webhook = proxy.app().webhook_addr().expect("webhook listener");
+    let request = http::Request::post(format!("http://{webhook}/partner"))
+        .header("x-sig", &signature)
+        .header("content-type", "application/json")
+        .body(full(body))
+        .unwrap();
+    let answer = send(&http1_client(), request).await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(app.count(), 1);
+
+    let base = format!("http://{}", proxy.app().inspect_addr.unwrap());
+    let list = json(&format!("{base}/api/exchanges")).await;
+    let text = list.to_string();
+    assert!(
+        text.contains("partner") && text.contains("verified"),
+        "{text}"
+    );
+    assert!(!text.contains(secret));
+    let id = list
+        .pointer("/exchanges/0/id")
+        .or_else(|| list.pointer("/0/id"))
+        .cloned()
+        .unwrap_or_else(|| panic!("an exchange id in {text}"));
+    let id = id
+        .as_u64()
+        .map_or_else(|| id.as_str().unwrap().to_string(), |n| n.to_string());
+    let replay = http::Request::post(format!("{base}/api/webhooks/{id}/replay"))
+        .header("x-outpost-inspector", "1")
+        .body(empty())
+        .unwrap();
+    let replayed = send(&http1_client(), replay).await;
+    assert_eq!(replayed.status, 200, "{}", replayed.text());
+    let seen = app.requests();
+    assert_eq!(
+        seen.len(),
+        2,
+        "the application received the delivery a second time"
+    );
+    assert_eq!(seen[1].body, body);
+    assert_eq!(seen[1].header("x-sig"), Some(signature.as_str()));
+    proxy.shutdown().await;
+}

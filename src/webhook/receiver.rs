@@ -32,6 +32,8 @@ use tokio::time::Instant;
 use super::replay::{self, Claim, ReplayCache};
 use super::{now_unix, Rejection, Verified, Verifier};
 use crate::body::{boxed, full, BoxBody};
+use crate::capture::inspector::WebhookReplayer;
+use crate::capture::{CaptureRing, Exchange, Recording};
 use crate::config::{Config, Webhook, WebhookLimits};
 use crate::error::StartError;
 use crate::error::{ErrorBody, ProxyError, X_REQUEST_ID};
@@ -39,6 +41,7 @@ use crate::metrics::{Metrics, WEBHOOKS_TOTAL};
 use crate::net::headers::{sanitize_request, sanitize_response};
 use crate::net::RequestIds;
 use crate::server::{ListenerLimits, Refusals};
+use futures_util::future::BoxFuture;
 
 pub static X_OUTPOST_WEBHOOK: HeaderName = HeaderName::from_static("x-outpost-webhook");
 pub static X_OUTPOST_VERIFIED: HeaderName = HeaderName::from_static("x-outpost-verified");
@@ -142,6 +145,8 @@ pub struct WebhookServer {
     routes: Arc<ArcSwap<Routes>>,
     metrics: Metrics,
     pub task: JoinHandle<()>,
+    /// The handler, also the inspector's webhook replayer.
+    pub receiver: Arc<Receiver>,
 }
 
 impl WebhookServer {
@@ -149,6 +154,7 @@ impl WebhookServer {
     pub async fn start(
         config: &Config,
         metrics: &Metrics,
+        capture: Option<Arc<CaptureRing>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Option<WebhookServer>, StartError> {
         if config.webhooks.is_empty() {
@@ -162,7 +168,7 @@ impl WebhookServer {
                 addr,
                 source,
             })?;
-        Self::serve_on(listener, config, metrics, shutdown).map(Some)
+        Self::serve_on(listener, config, metrics, capture, shutdown).map(Some)
     }
 
     /// Start serving on `webhook_listen` from a config reload that adds the first webhook
@@ -170,6 +176,7 @@ impl WebhookServer {
     pub fn start_now(
         config: &Config,
         metrics: &Metrics,
+        capture: Option<Arc<CaptureRing>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<WebhookServer, StartError> {
         let addr = config.webhook_listen;
@@ -181,13 +188,14 @@ impl WebhookServer {
         let listener = std::net::TcpListener::bind(addr).map_err(bind_err)?;
         listener.set_nonblocking(true).map_err(bind_err)?;
         let listener = TcpListener::from_std(listener).map_err(bind_err)?;
-        Self::serve_on(listener, config, metrics, shutdown)
+        Self::serve_on(listener, config, metrics, capture, shutdown)
     }
 
     fn serve_on(
         listener: TcpListener,
         config: &Config,
         metrics: &Metrics,
+        capture: Option<Arc<CaptureRing>>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<WebhookServer, StartError> {
         let addr = config.webhook_listen;
@@ -199,10 +207,12 @@ impl WebhookServer {
         let routes = Arc::new(ArcSwap::from_pointee(
             Routes::build(config, metrics).map_err(StartError::Build)?,
         ));
-        let receiver = Arc::new(Receiver::new(routes.clone())?);
+        let mut receiver = Receiver::new(routes.clone())?;
+        receiver.capture = capture;
+        let receiver = Arc::new(receiver);
         let task = tokio::spawn(serve(
             listener,
-            receiver,
+            receiver.clone(),
             config.webhook_limits.clone(),
             config.drain_timeout,
             shutdown,
@@ -214,6 +224,7 @@ impl WebhookServer {
             routes,
             metrics: metrics.clone(),
             task,
+            receiver,
         })
     }
 
@@ -235,6 +246,8 @@ pub struct Receiver {
     replay: ReplayCache,
     client: ForwardClient,
     ids: RequestIds,
+    /// The capture ring (`capture:`): each delivery as the provider sent it, with its result.
+    capture: Option<Arc<CaptureRing>>,
 }
 
 impl Receiver {
@@ -244,6 +257,7 @@ impl Receiver {
             replay: ReplayCache::default(),
             client: forward_client()?,
             ids: RequestIds::default(),
+            capture: None,
         })
     }
 
@@ -260,9 +274,36 @@ impl Receiver {
                 &request_id,
             );
         };
-        let (result, reason, response) = self
-            .deliver(&route, req, &request_id, routes.body_read_timeout)
-            .await;
+        let recording = self.capture.as_ref().map(|ring| {
+            Recording::new(
+                ring,
+                ring.start_webhook(&route.hook.name, req.method(), req.uri(), req.headers()),
+            )
+        });
+        let (result, reason, response) = match &recording {
+            Some(recording) => {
+                let req = req.map(|b| recording.tap_request(b));
+                self.deliver(&route, req, &request_id, routes.body_read_timeout)
+                    .await
+            }
+            None => {
+                self.deliver(&route, req, &request_id, routes.body_read_timeout)
+                    .await
+            }
+        };
+        let response = match recording {
+            Some(recording) => {
+                recording.with(|draft| {
+                    draft.webhook(
+                        result.unwrap_or("bad_request"),
+                        route.hook.forward_to.to_string(),
+                    );
+                    draft.response_head(response.status().as_u16(), response.headers());
+                });
+                response.map(|b| boxed(recording.tap_response(b)))
+            }
+            None => response,
+        };
         if let Some(result) = result {
             route.count(result);
         }
@@ -281,13 +322,17 @@ impl Receiver {
 
     /// Returns the metric result (none for requests that are not deliveries at all), a reason
     /// for the log (never a value from the request), and the answer.
-    async fn deliver(
+    async fn deliver<B>(
         &self,
         route: &Route,
-        req: Request<Incoming>,
+        req: Request<B>,
         request_id: &str,
         body_read_timeout: Duration,
-    ) -> (Option<&'static str>, &'static str, Response<BoxBody>) {
+    ) -> (Option<&'static str>, &'static str, Response<BoxBody>)
+    where
+        B: http_body::Body<Data = Bytes> + Send,
+        B::Error: Into<crate::body::BoxError>,
+    {
         let hook = &route.hook;
         let limit = hook.max_body_bytes;
         let too_large = || {
@@ -452,6 +497,42 @@ impl Receiver {
             Ok(Err(_)) => Err("connection failed"),
             Err(_) => Err("no response in time"),
         }
+    }
+}
+
+/// The inspector's Replay button: a stored delivery goes to its webhook's `forward_to` again,
+/// exactly as first forwarded (it was verified then), outside the replay guard.
+impl WebhookReplayer for Receiver {
+    fn replay<'a>(&'a self, exchange: &'a Exchange) -> BoxFuture<'a, Result<u16, String>> {
+        Box::pin(async move {
+            let stored = exchange
+                .replay_request()
+                .ok_or("this delivery was not kept for replay (body over the capture cap)")?;
+            let routes = self.routes.load_full();
+            let route = routes
+                .by_path
+                .values()
+                .find(|r| r.hook.name == exchange.name)
+                .cloned()
+                .ok_or("this webhook is no longer configured")?;
+            let mut request = Request::new(());
+            *request.method_mut() = stored
+                .method
+                .parse()
+                .map_err(|_| "the stored method is not valid".to_string())?;
+            *request.uri_mut() = stored
+                .path_and_query
+                .parse()
+                .map_err(|_| "the stored path is not valid".to_string())?;
+            for (name, value) in &stored.headers {
+                request.headers_mut().append(name.clone(), value.clone());
+            }
+            let (parts, ()) = request.into_parts();
+            match self.forward(&route, parts, stored.body.clone()).await {
+                Ok(response) => Ok(response.status().as_u16()),
+                Err(reason) => Err(format!("the application could not be reached ({reason})")),
+            }
+        })
     }
 }
 
