@@ -59,16 +59,6 @@ fn assert_logged_499(stderr: &[u8], path: &str) {
 
 const UP: (&str, &str) = ("upstream", "api");
 
-fn config(base_url: &str, extra: &str) -> String {
-    let mut yaml = format!("upstreams:\n  api:\n    base_url: {base_url}\n");
-    for line in dedent(extra).lines() {
-        yaml.push_str("    ");
-        yaml.push_str(line);
-        yaml.push('\n');
-    }
-    yaml
-}
-
 /// Send `GET path` on a fresh raw connection (the response is not read).
 async fn raw_get(binary: &Binary, path: &str) -> RawConn {
     let mut conn = RawConn::connect(binary.app_addr).await;
@@ -81,7 +71,7 @@ async fn raw_get(binary: &Binary, path: &str) -> RawConn {
 async fn a_probe_abandoned_by_the_client_does_not_keep_the_breaker_open() {
     let mock = MockUpstream::queue(vec![Reply::status(503), Reply::Never]).await;
     let mut binary = Binary::start(
-        &config(
+        &one_upstream(
             &mock.url(""),
             "retry: { max_attempts: 1 }\ncircuit_breaker: { consecutive_failures: 1, open_for: 200ms }",
         ),
@@ -135,7 +125,7 @@ async fn a_request_abandoned_in_the_limiter_queue_leaves_no_slot_behind() {
     let mock = MockUpstream::ok().await;
     // One request per minute, and requests may queue for it: the second waits ~60 s.
     let mut binary = Binary::start(
-        &config(
+        &one_upstream(
             &mock.url(""),
             "timeout: 2m\nrate_limit: { requests_per_minute: 1, burst: 1, max_wait: 2m, max_in_flight: 4 }",
         ),
@@ -175,7 +165,7 @@ async fn a_client_gone_mid_upload_is_499_and_not_an_upstream_failure() {
     })
     .await;
     let mut binary = Binary::start(
-        &config(
+        &one_upstream(
             &upstream.url(""),
             "circuit_breaker: { consecutive_failures: 1, open_for: 1m }",
         ),
@@ -218,7 +208,7 @@ async fn a_client_gone_mid_upload_is_499_and_not_an_upstream_failure() {
 async fn an_h2_stream_reset_in_the_queue_leaves_no_slot_behind() {
     let mock = MockUpstream::ok().await;
     let mut binary = Binary::start(
-        &config(
+        &one_upstream(
             &mock.url(""),
             "timeout: 2m\nrate_limit: { requests_per_minute: 1, burst: 1, max_wait: 2m }",
         ),

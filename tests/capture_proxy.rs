@@ -22,6 +22,18 @@ fn yaml(mock: &MockUpstream, capture: bool) -> String {
     )
 }
 
+/// The id of the newest exchange in an `/api/exchanges` answer.
+fn newest_id(list: &Value) -> String {
+    let id = list
+        .pointer("/exchanges/0/id")
+        .or_else(|| list.pointer("/0/id"))
+        .unwrap_or_else(|| panic!("an exchange id in {list}"));
+    id.as_u64().map_or_else(
+        || id.as_str().unwrap_or_default().to_string(),
+        |n| n.to_string(),
+    )
+}
+
 async fn json(url: &str) -> Value {
     let answer = get(url).await;
     assert_eq!(answer.status, 200, "{url}: {}", answer.text());
@@ -60,14 +72,7 @@ async fn a_call_through_the_proxy_is_captured_without_its_credential() {
     let list = json(&format!("{base}/api/exchanges")).await;
     let text = list.to_string();
     assert!(text.contains("/v1/charges"), "{text}");
-    let id = list
-        .pointer("/exchanges/0/id")
-        .or_else(|| list.pointer("/0/id"))
-        .cloned()
-        .unwrap_or_else(|| panic!("an exchange id in {text}"));
-    let id = id
-        .as_u64()
-        .map_or_else(|| id.as_str().unwrap().to_string(), |n| n.to_string());
+    let id = newest_id(&list);
     let detail = json(&format!("{base}/api/exchanges/{id}")).await;
     assert_eq!(detail["status"], 201);
     assert!(detail["error"].is_null(), "a complete exchange: {detail}");
@@ -288,14 +293,7 @@ async fn a_webhook_delivery_is_captured_and_replayed_to_the_app() {
         "{text}"
     );
     assert!(!text.contains(secret));
-    let id = list
-        .pointer("/exchanges/0/id")
-        .or_else(|| list.pointer("/0/id"))
-        .cloned()
-        .unwrap_or_else(|| panic!("an exchange id in {text}"));
-    let id = id
-        .as_u64()
-        .map_or_else(|| id.as_str().unwrap().to_string(), |n| n.to_string());
+    let id = newest_id(&list);
     let replay = http::Request::post(format!("{base}/api/webhooks/{id}/replay"))
         .header("x-outpost-inspector", "1")
         .body(empty())

@@ -111,25 +111,6 @@ fn config(api: &str, token_url: &str, auth_extra: &str, extra: &str) -> String {
     yaml
 }
 
-/// Decode an `application/x-www-form-urlencoded` body.
-fn form(body: &[u8]) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8()
-            .unwrap()
-            .into_owned()
-    };
-    std::str::from_utf8(body)
-        .unwrap()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
 fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
     form.iter()
         .find(|(k, _)| k == name)
@@ -235,7 +216,7 @@ async fn token_is_fetched_with_basic_client_auth_and_injected() {
         token_request.header("authorization"),
         Some(format!("Basic {basic}").as_str())
     );
-    let fields = form(&token_request.body);
+    let fields = form_pairs(&token_request.body);
     assert_eq!(field(&fields, "grant_type"), Some("client_credentials"));
     assert_eq!(field(&fields, "scope"), Some("read:things write"));
     assert_eq!(field(&fields, "audience"), Some("https://api.example/"));
@@ -255,7 +236,7 @@ async fn body_client_auth_sends_the_credentials_in_the_form() {
     assert_eq!(proxy.get("/api/x").await.status, 200);
     let token_request = idp.mock.only_request();
     assert!(!token_request.has("authorization"));
-    let fields = form(&token_request.body);
+    let fields = form_pairs(&token_request.body);
     assert_eq!(
         fields,
         vec![

@@ -18,25 +18,6 @@ const RSA_PUB: &str = include_str!("fixtures/keys/rsa-test.pub.pem");
 const EC: &str = include_str!("fixtures/keys/ec-test.pem");
 const EC_PUB: &str = include_str!("fixtures/keys/ec-test.pub.pem");
 
-/// Decode an `application/x-www-form-urlencoded` body.
-fn form(body: &[u8]) -> Vec<(String, String)> {
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(&s.replace('+', " "))
-            .decode_utf8()
-            .unwrap()
-            .into_owned()
-    };
-    std::str::from_utf8(body)
-        .unwrap()
-        .split('&')
-        .filter(|p| !p.is_empty())
-        .map(|pair| {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            (decode(k), decode(v))
-        })
-        .collect()
-}
-
 fn field(form: &[(String, String)], name: &str) -> Option<String> {
     form.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone())
 }
@@ -74,7 +55,7 @@ async fn bearer_token_server(
     answer: serde_json::Value,
 ) -> MockUpstream {
     MockUpstream::start(move |req| {
-        let fields = form(&req.body);
+        let fields = form_pairs(&req.body);
         if field(&fields, "grant_type").as_deref()
             != Some("urn:ietf:params:oauth:grant-type:jwt-bearer")
         {
@@ -203,7 +184,7 @@ async fn github_app_installation_token_is_minted_cached_and_injected() {
                         std::time::SystemTime::now() + std::time::Duration::from_secs(3600);
                     Reply::json(
                         201,
-                        &json!({"token": "ghs_canary", "expires_at": httpdate_to_rfc3339(expires)}),
+                        &json!({"token": "ghs_canary", "expires_at": outpost::capture::rfc3339(expires)}),
                     )
                 }
                 _ => Reply::json(
@@ -242,28 +223,6 @@ async fn github_app_installation_token_is_minted_cached_and_injected() {
     assert!(iat <= now.saturating_sub(59), "iat 60 s in the past");
     assert!(exp - iat <= 600, "exp at most 10 minutes after iat");
     proxy.shutdown().await;
-}
-
-/// RFC 3339 UTC for a point in time (what GitHub's `expires_at` looks like).
-fn httpdate_to_rfc3339(t: std::time::SystemTime) -> String {
-    let secs = t.duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
-    let days = secs / 86_400;
-    let rem = secs % 86_400;
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + u64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
 }
 
 #[tokio::test]

@@ -25,16 +25,6 @@ use sha2::{Digest, Sha256};
 use support::streaming::{events, next_chunk, streamed_response, StreamingUpstream};
 use support::*;
 
-fn config(base_url: &str, extra: &str) -> String {
-    let mut yaml = format!("upstreams:\n  api:\n    base_url: {base_url}\n");
-    for line in dedent(extra).lines() {
-        yaml.push_str("    ");
-        yaml.push_str(line);
-        yaml.push('\n');
-    }
-    yaml
-}
-
 /// gRPC bidirectional streaming: each message is answered before the next one is sent. With
 /// the default retry policy (POST gets an automatic Idempotency-Key, so it is retryable and a
 /// copy is kept) the first message must still reach the upstream at once.
@@ -60,7 +50,7 @@ async fn grpc_bidi_ping_pong_over_h2c_with_the_default_retry_policy() {
         response
     })
     .await;
-    let proxy = Proxy::start(&config(&upstream.url(""), "http: http2")).await;
+    let proxy = Proxy::start(&one_upstream(&upstream.url(""), "http: http2")).await;
     let (ping, body) = channel_body();
     let mut request = Request::post(proxy.url("/api/echo.Echo/Chat"))
         .header("content-type", "application/grpc")
@@ -107,7 +97,7 @@ async fn chunked_upload_reaches_the_upstream_before_the_client_finishes() {
         }
     })
     .await;
-    let proxy = Proxy::start(&config(&upstream.url(""), "")).await;
+    let proxy = Proxy::start(&one_upstream(&upstream.url(""), "")).await;
     let (tx, body) = channel_body();
     let request = proxy.build("PUT", "/api/upload", &[], body);
     let client = proxy.client.clone();
@@ -169,7 +159,7 @@ async fn expect_100_continue_is_answered_by_the_upstream() {
         }
     })
     .await;
-    let proxy = Proxy::start(&config(&upstream.url(""), "")).await;
+    let proxy = Proxy::start(&one_upstream(&upstream.url(""), "")).await;
 
     let mut conn = RawConn::connect(proxy.addr).await;
     conn.write(
@@ -244,7 +234,7 @@ async fn put_under_the_cap_is_retried_with_the_same_body_and_over_it_is_not() {
         }
     })
     .await;
-    let proxy = Proxy::start(&config(
+    let proxy = Proxy::start(&one_upstream(
         &upstream.url(""),
         "retry: { max_body_bytes: 4KiB, base_delay: 1ms }",
     ))
@@ -313,7 +303,7 @@ async fn a_stalled_error_body_under_normalize_is_a_504_at_the_total_deadline() {
         }
     })
     .await;
-    let proxy = Proxy::start(&config(
+    let proxy = Proxy::start(&one_upstream(
         &upstream.url(""),
         "errors: normalize\ntimeout: 1s\nretry: { max_attempts: 1 }",
     ))
@@ -368,7 +358,7 @@ async fn a_gigabyte_each_way_with_bounded_memory() {
     })
     .await;
     let mut binary = Binary::start(
-        &config(&upstream.url(""), "timeout: 10m\nattempt_timeout: 10m"),
+        &one_upstream(&upstream.url(""), "timeout: 10m\nattempt_timeout: 10m"),
         &[],
     )
     .await;
@@ -435,7 +425,7 @@ async fn a_bad_body_from_the_application_is_a_client_fault() {
     .await;
     let proxy = Proxy::start(&format!(
         "limits: {{ max_body_bytes: 1KiB }}\n{}",
-        config(
+        one_upstream(
             &upstream.url(""),
             "circuit_breaker: { consecutive_failures: 1, open_for: 1m }"
         )

@@ -47,3 +47,31 @@ pub fn dedent(text: &str) -> String {
     }
     out.trim_start_matches('\n').to_string()
 }
+
+/// `upstreams: {api: {base_url: URL, …extra}}`; `extra` is YAML at any indentation.
+pub fn one_upstream(base_url: &str, extra: &str) -> String {
+    let mut yaml = format!("upstreams:\n  api:\n    base_url: {base_url}\n");
+    for line in dedent(extra).lines() {
+        yaml.push_str("    ");
+        yaml.push_str(line);
+        yaml.push('\n');
+    }
+    yaml
+}
+
+/// Decode an `application/x-www-form-urlencoded` body into its pairs.
+pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(&s.replace('+', " "))
+            .decode_utf8_lossy()
+            .into_owned()
+    };
+    String::from_utf8_lossy(body)
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|pair| {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            (decode(k), decode(v))
+        })
+        .collect()
+}
