@@ -135,7 +135,8 @@ fn push_timestamp(buf: &mut Vec<u8>, now: SystemTime) {
 }
 
 /// `YYYY-MM-DDTHH:MM:SS` for a Unix time (proleptic Gregorian, H. Hinnant's `civil_from_days`).
-fn format_second(secs: u64) -> [u8; 19] {
+/// Also the date part of `capture::rfc3339`.
+pub fn format_second(secs: u64) -> [u8; 19] {
     let days = (secs / 86_400) as i64;
     let rem = secs % 86_400;
     let z = days + 719_468;
