@@ -330,6 +330,16 @@ impl Validator {
         let provider = raw.preset.map_or(&preset::GENERIC, |p| p.defaults());
         let base_text = match (&raw.base_url, raw.preset) {
             (Some(text), _) => text.clone(),
+            (None, Some(p)) if p.defaults().base_url.is_empty() => {
+                self.key_error(
+                    path,
+                    format!(
+                        "preset `{}` needs `base_url` (the account's or shop's own host)",
+                        p.name()
+                    ),
+                );
+                return None;
+            }
             (None, Some(p)) => p.defaults().base_url.to_string(),
             (None, None) => {
                 self.key_error(path, "missing `base_url` (or a `preset`)");
@@ -340,11 +350,33 @@ impl Validator {
         let base_url = self.base_url(&base_path, &base_text);
 
         let auth = match raw.auth {
-            Some(raw_auth) => self.auth(
-                &join(path, "auth"),
-                raw_auth,
-                raw.preset.map(|p| p.defaults().auth_type),
-            ),
+            Some(mut raw_auth) => {
+                let preset_type = raw.preset.map(|p| p.defaults().auth_type);
+                // The preset's own auth keys, where the config leaves them out.
+                if raw_auth.kind.is_none() || raw_auth.kind == preset_type {
+                    let d = &provider.auth_defaults;
+                    let base = base_text.trim_end_matches('/');
+                    if raw_auth.token_url.is_none() {
+                        raw_auth.token_url = d.token_url.map(|t| t.replace("{base}", base));
+                    }
+                    if raw_auth.audience.is_none() && raw_auth.service_account.is_none() {
+                        raw_auth.audience = d.audience.map(str::to_string);
+                    }
+                    if raw_auth.password.is_none() {
+                        raw_auth.password = d.password.map(str::to_string);
+                    }
+                    if raw_auth.name.is_none() {
+                        raw_auth.name = d.header_name.map(str::to_string);
+                    }
+                    if raw_auth.region.is_none() {
+                        raw_auth.region = d.region.map(str::to_string);
+                    }
+                    if raw_auth.service.is_none() {
+                        raw_auth.service = d.service.map(str::to_string);
+                    }
+                }
+                self.auth(&join(path, "auth"), raw_auth, preset_type)
+            }
             None => None,
         };
         if let Some(auth) = &auth {

@@ -91,11 +91,14 @@ impl RetryPolicy {
     pub fn add_idempotency_key(&self, method: &Method, headers: &mut HeaderMap) {
         if self.config.idempotency_key == IdempotencyKeyMode::Auto
             && (*method == Method::POST || *method == Method::PATCH)
-            && !headers.contains_key(&IDEMPOTENCY_KEY)
+            && !headers.contains_key(self.provider.idempotency_header)
         {
             let key = uuid::Uuid::new_v4().to_string();
-            if let Ok(value) = http::HeaderValue::from_str(&key) {
-                headers.insert(IDEMPOTENCY_KEY.clone(), value);
+            if let (Ok(value), Ok(name)) = (
+                http::HeaderValue::from_str(&key),
+                http::HeaderName::from_bytes(self.provider.idempotency_header.as_bytes()),
+            ) {
+                headers.insert(name, value);
             }
         }
     }
@@ -104,7 +107,7 @@ impl RetryPolicy {
     pub fn is_safe(&self, method: &Method, headers: &HeaderMap) -> bool {
         is_idempotent(method)
             || (self.config.idempotency_key != IdempotencyKeyMode::Off
-                && headers.contains_key(&IDEMPOTENCY_KEY))
+                && headers.contains_key(self.provider.idempotency_header))
     }
 
     /// Is this upstream status worth retrying for a request of the given safety?
