@@ -209,6 +209,7 @@ impl Proxy {
                             limit,
                             request_id,
                             &pending.attempts,
+                            recording.as_ref(),
                         )
                         .await
                     }
@@ -220,6 +221,7 @@ impl Proxy {
                                     rest_path,
                                     upgrade,
                                     body_limit: limit,
+                                    recording: recording.as_ref(),
                                 },
                                 request_id,
                                 &pending.attempts,
@@ -274,6 +276,7 @@ impl Proxy {
         limit: Option<u64>,
         request_id: &str,
         attempts: &AtomicU32,
+        recording: Option<&Recording>,
     ) -> Result<Response<BoxBody>, ProxyError> {
         let (parts, body) = request.into_parts();
         let read_limit = limit.unwrap_or(DEFAULT_MAX_RECORD_BODY_BYTES as u64);
@@ -304,6 +307,7 @@ impl Proxy {
                     rest_path,
                     upgrade: None,
                     body_limit: limit,
+                    recording,
                 },
                 request_id,
                 attempts,

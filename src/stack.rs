@@ -87,6 +87,8 @@ pub struct Outbound<'a> {
     pub upgrade: Option<OnUpgrade>,
     /// `limits.max_body_bytes`, when the body is wrapped in a limit.
     pub body_limit: Option<u64>,
+    /// The capture of this exchange (`capture:` on): attempts and limiter waits go there.
+    pub recording: Option<&'a crate::capture::Recording>,
 }
 
 /// The attempt chain: limit → auth → attempt timeout → endpoint.
@@ -270,7 +272,7 @@ impl UpstreamStack {
             },
             None => None,
         };
-        let progress = Progress::new(outbound.body_limit);
+        let progress = Progress::new(outbound.body_limit).timed(outbound.recording.is_some());
         let result = match tokio::time::timeout_at(
             deadline,
             self.forward(outbound, deadline, &progress, attempts),
@@ -340,6 +342,7 @@ impl UpstreamStack {
             request,
             rest_path,
             mut upgrade,
+            recording,
             ..
         } = outbound;
         let (mut parts, body) = request.into_parts();
@@ -381,6 +384,7 @@ impl UpstreamStack {
             };
             body = next;
             attempts.fetch_add(1, Ordering::Relaxed);
+            let attempt_started = recording.map(|_| Instant::now());
             let result = self
                 .chain
                 .call(Attempt {
@@ -409,7 +413,11 @@ impl UpstreamStack {
                     Default::default()
                 },
             };
-            let Decision::Retry { reason, delay } = decide(outcome, state) else {
+            let decision = decide(outcome, state);
+            if let (Some(recording), Some(started)) = (recording, attempt_started) {
+                record_attempt(recording, &result, started, decision, progress);
+            }
+            let Decision::Retry { reason, delay } = decision else {
                 return result.map(|answered| self.finish(answered));
             };
             if !self.retry.withdraw() {
@@ -507,6 +515,38 @@ impl UpstreamStack {
             None => response,
         }
     }
+}
+
+/// One attempt into the capture: its time, how it ended, and why another followed.
+fn record_attempt(
+    recording: &crate::capture::Recording,
+    result: &Result<Answered, ProxyError>,
+    started: Instant,
+    decision: Decision,
+    progress: &Progress,
+) {
+    let (outcome, status) = match result {
+        Ok(answered) => ("response", Some(answered.response.status().as_u16())),
+        Err(ProxyError::Unreachable { kind, .. }) => (kind.outcome(), None),
+        Err(ProxyError::Timeout { .. }) => ("timeout", None),
+        Err(other) => (other.kind(), None),
+    };
+    let retry_reason = match decision {
+        Decision::Retry { reason, .. } => Some(reason.label().to_string()),
+        Decision::Return => None,
+    };
+    let wait = progress.take_limiter_wait();
+    recording.with(|draft| {
+        draft.attempt(crate::capture::Attempt {
+            duration: started.elapsed(),
+            outcome: outcome.to_string(),
+            status,
+            retry_reason,
+        });
+        if !wait.is_zero() {
+            draft.limiter_wait(wait);
+        }
+    });
 }
 
 /// Is the token-minting part of two auth configs the same (so a reload keeps the token)?

@@ -310,3 +310,33 @@ async fn a_webhook_delivery_is_captured_and_replayed_to_the_app() {
     assert_eq!(seen[1].header("x-sig"), Some(signature.as_str()));
     proxy.shutdown().await;
 }
+
+/// Each attempt of a retried call is in the capture: its outcome, status and why another
+/// followed; and the time the limiter held the request.
+#[tokio::test]
+async fn attempts_and_limiter_wait_are_captured() {
+    let mock = MockUpstream::queue(vec![Reply::status(503)]).await;
+    let proxy = Proxy::start(&format!(
+        "capture: {{}}\ninspect_listen: 127.0.0.1:0\nupstreams:\n  api:\n    base_url: {}\n    retry: {{ base_delay: 1ms }}\n    rate_limit: {{ requests_per_second: 20, burst: 1, max_wait: 5s }}\n",
+        mock.url("")
+    ))
+    .await;
+    assert_eq!(proxy.get("/api/v1/items").await.status, 200);
+    let base = format!("http://{}", proxy.app().inspect_addr.unwrap());
+    let list = json(&format!("{base}/api/exchanges")).await;
+    let detail = json(&format!("{base}/api/exchanges/{}", newest_id(&list))).await;
+    let attempts = detail["attempts"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{detail}"));
+    assert_eq!(attempts.len(), 2, "{detail}");
+    assert_eq!(attempts[0]["status"], 503);
+    assert_eq!(attempts[0]["retry_reason"], "status");
+    assert_eq!(attempts[1]["status"], 200);
+    assert!(attempts[1]["retry_reason"].is_null());
+    let waited = detail["timings"]["limiter_wait_ms"].as_f64();
+    assert!(
+        waited.is_some_and(|ms| ms > 1.0),
+        "the second attempt waited ~50 ms for a token: {detail}"
+    );
+    proxy.shutdown().await;
+}

@@ -110,6 +110,10 @@ pub struct Progress {
     body: OnceLock<BodyWatch>,
     /// `limits.max_body_bytes`, named in the 413 when the application's body passes it.
     body_limit: Option<u64>,
+    /// Capture is on for this request: the limiter reports its waits.
+    timed: bool,
+    /// Time spent in the limiter since last taken, nanoseconds.
+    limiter_wait: std::sync::atomic::AtomicU64,
 }
 
 impl Progress {
@@ -118,7 +122,29 @@ impl Progress {
             on_wire: AtomicBool::new(false),
             body: OnceLock::new(),
             body_limit,
+            timed: false,
+            limiter_wait: std::sync::atomic::AtomicU64::new(0),
         }
+    }
+
+    /// Report limiter waits (capture on).
+    pub fn timed(mut self, on: bool) -> Self {
+        self.timed = on;
+        self
+    }
+
+    pub fn is_timed(&self) -> bool {
+        self.timed
+    }
+
+    pub fn add_limiter_wait(&self, wait: Duration) {
+        let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+        self.limiter_wait.fetch_add(nanos, Ordering::Relaxed);
+    }
+
+    /// The limiter time since the last call.
+    pub fn take_limiter_wait(&self) -> Duration {
+        Duration::from_nanos(self.limiter_wait.swap(0, Ordering::Relaxed))
     }
 
     /// Watch the request body (once it is wrapped for streaming).

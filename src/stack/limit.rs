@@ -207,7 +207,14 @@ impl<S: Service> Service for KeyLimit<S> {
     async fn call<'a>(&'a self, mut attempt: Attempt<'a>) -> AttemptResult {
         let key = self.keys.pick()?;
         attempt.key = key;
-        let admission = self.admit(key, attempt.deadline).await?;
+        let admission = if attempt.progress.is_timed() {
+            let waited = Instant::now();
+            let admission = self.admit(key, attempt.deadline).await;
+            attempt.progress.add_limiter_wait(waited.elapsed());
+            admission?
+        } else {
+            self.admit(key, attempt.deadline).await?
+        };
         let mut answered: Answered = self.inner.call(attempt).await?;
         let status = answered.response.status();
         answered.wait = self
