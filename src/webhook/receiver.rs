@@ -275,10 +275,17 @@ impl Receiver {
             );
         };
         let recording = self.capture.as_ref().map(|ring| {
-            Recording::new(
-                ring,
-                ring.start_webhook(&route.hook.name, req.method(), req.uri(), req.headers()),
-            )
+            let mut draft =
+                ring.start_webhook(&route.hook.name, req.method(), req.uri(), req.headers());
+            // The URL the provider called, as far as this hop knows it.
+            if let Some(host) = req
+                .headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+            {
+                draft.base_url(format!("http://{host}"));
+            }
+            Recording::new(ring, draft)
         });
         let (result, reason, response) = match &recording {
             Some(recording) => {
@@ -300,6 +307,9 @@ impl Receiver {
                     );
                     draft.response_head(response.status().as_u16(), response.headers());
                 });
+                if http_body::Body::is_end_stream(response.body()) {
+                    recording.commit();
+                }
                 response.map(|b| boxed(recording.tap_response(b)))
             }
             None => response,
