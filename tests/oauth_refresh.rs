@@ -161,3 +161,36 @@ async fn a_store_that_is_not_a_file_is_a_config_error() {
     assert!(out.contains("store"), "{out}");
     assert!(!out.contains("rt-canary"), "{out}");
 }
+
+/// Refresh, `kill -9`, start again: the rotated token was on disk before it was used, so the
+/// new process refreshes with it and never replays the spent seed.
+#[tokio::test]
+async fn a_killed_process_restarts_with_the_stored_token() {
+    let tokens = rotating("rt-seed-k").await;
+    let api = MockUpstream::start(api()).await;
+    let dir = TempDir::new("refresh-kill");
+    let store = dir.path.join("token.json");
+    let yaml = config(
+        &api.url(""),
+        &tokens.mock.url("/token"),
+        "rt-seed-k",
+        &store,
+    );
+    let mut first = Binary::start(&yaml, &[]).await;
+    assert_eq!(get(&first.url("/xero/x")).await.status, 200);
+    first.signal("KILL");
+    first.wait().await;
+    let mut second = Binary::start(&yaml, &[]).await;
+    assert_eq!(get(&second.url("/xero/x")).await.status, 200);
+    assert_eq!(
+        *tokens.sent.lock().unwrap(),
+        vec!["rt-seed-k".to_string(), "rt-canary-1".to_string()],
+        "the second process used the stored token, not the spent seed"
+    );
+    let stderr = second.stop_and_collect_stderr().await;
+    let text = String::from_utf8_lossy(&stderr);
+    assert!(
+        !text.contains("rt-canary") && !text.contains("at-canary"),
+        "{text}"
+    );
+}
