@@ -12,7 +12,6 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 use http::header::{HeaderValue, CONTENT_LENGTH, HOST};
 use http::{Method, Request, Response, Uri, Version};
-use http_body::Body as _;
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use tokio::time::Instant;
@@ -256,10 +255,6 @@ impl Proxy {
                         draft.error_if_none(kind);
                     }
                 });
-                // A body that is already over is never polled: the exchange is complete now.
-                if response.body().is_end_stream() {
-                    recording.commit();
-                }
                 response.map(|b| boxed(recording.tap_response(b)))
             }
             None => response,

@@ -14,20 +14,6 @@ use std::time::Duration;
 use support::streaming::{events, next_chunk, StreamingUpstream};
 use support::*;
 
-/// The value of a metric series with these labels, from the Prometheus text.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|l| !l.starts_with('#'))
-        .filter_map(|l| l.rsplit_once(' '))
-        .find(|(series, _)| {
-            series.split('{').next() == Some(name)
-                && labels
-                    .iter()
-                    .all(|(k, v)| series.contains(&format!("{k}=\"{v}\"")))
-        })
-        .and_then(|(_, value)| value.parse().ok())
-}
-
 async fn metrics(binary: &Binary) -> String {
     get(&binary.admin_url("/metrics")).await.text()
 }

@@ -7,22 +7,19 @@
 //! committed `docs/inspector.png` (shown in the README).
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
+
+mod support;
 
 use futures_util::future::BoxFuture;
 use http::{HeaderMap, HeaderName, Method};
 use outpost::capture::inspector::{self, Inspector, WebhookReplayer};
 use outpost::capture::ring::Attempt;
 use outpost::capture::{CaptureConfig, CaptureRing, Exchange};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use support::browser::{InspectorBrowser, STEP};
 use tokio::net::TcpListener;
-use tokio::process::Command;
 use tokio::sync::mpsc;
-
-/// Chromium's start on a loaded CI machine is slow; this bounds every step, not readiness.
-const STEP: Duration = Duration::from_secs(90);
 
 fn headers(pairs: &[(&str, &str)]) -> HeaderMap {
     let mut h = HeaderMap::new();
@@ -109,12 +106,6 @@ async fn step<F: std::future::Future>(what: &str, fut: F) -> F::Output {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn inspector_page_in_headless_chromium() {
-    for tool in ["/usr/bin/chromium", "/usr/bin/chromedriver"] {
-        assert!(
-            Path::new(tool).exists(),
-            "{tool} is missing: apt-get install chromium chromium-driver (.ci/run does)"
-        );
-    }
     let ring = CaptureRing::new(CaptureConfig::default());
     call(
         &ring,
@@ -184,32 +175,8 @@ async fn inspector_page_in_headless_chromium() {
     // Written under target/ on every run; copied to the committed docs/inspector.png only when
     // asked, so running the tests does not dirty the work tree.
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("inspector.png");
-    let mut child = Command::new("python3")
-        .arg(root.join("tests/fixtures/capture/inspector_browser.py"))
-        .arg(&base)
-        .arg(&screenshot)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is installed");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr_task = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
-        text
-    });
-    let loaded = step("page loaded", lines.next_line()).await.unwrap();
-    if loaded.as_deref() != Some("LOADED") {
-        let _ = child.wait().await;
-        panic!(
-            "browser did not load the page: {loaded:?}\n{}",
-            stderr_task.await.unwrap()
-        );
-    }
+    let mut browser = InspectorBrowser::start(&base, &screenshot);
+    browser.expect("page loaded", "LOADED").await;
     let added = call(
         &ring,
         "stripe",
@@ -219,38 +186,14 @@ async fn inspector_page_in_headless_chromium() {
         (200, r#"{"id":"ch_live","amount":500}"#),
         &[attempt(30, 503, Some("status")), attempt(25, 200, None)],
     );
-    stdin
-        .write_all(format!("ADDED {added}\n").as_bytes())
-        .await
-        .unwrap();
-    let seen = step("new row seen", lines.next_line()).await.unwrap();
-    assert_eq!(
-        seen.as_deref(),
-        Some("SEEN"),
-        "{}",
-        if seen.is_none() {
-            stderr_task.await.unwrap()
-        } else {
-            String::new()
-        }
-    );
-    stdin
-        .write_all(format!("WEBHOOK {hook}\n").as_bytes())
-        .await
-        .unwrap();
-    let result = step("replayed", lines.next_line()).await.unwrap();
-    let Some(result) = result else {
-        panic!(
-            "browser failed before replaying: {}",
-            stderr_task.await.unwrap()
-        );
-    };
-    assert!(result.starts_with("REPLAYED "), "{result}");
+    browser.say(&format!("ADDED {added}")).await;
+    browser.expect("new row seen", "SEEN").await;
+    browser.say(&format!("WEBHOOK {hook}")).await;
+    let result = browser.expect("replayed", "REPLAYED ").await;
     assert!(result.contains("200"), "{result}");
     assert_eq!(step("replayer called", replayed.recv()).await, Some(hook));
 
-    let status = step("browser exits", child.wait()).await.unwrap();
-    let log = stderr_task.await.unwrap();
+    let (status, log) = browser.finish().await;
     assert!(status.success(), "browser script failed: {log}");
     let png = std::fs::read(&screenshot).unwrap();
     assert!(png.starts_with(b"\x89PNG"), "a PNG screenshot was written");

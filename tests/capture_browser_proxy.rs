@@ -7,25 +7,15 @@
 mod support;
 
 use std::path::Path;
-use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use hmac::{Hmac, Mac};
 use serde_json::{json, Value};
+use support::browser::InspectorBrowser;
 use support::*;
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::process::Command;
 
-const STEP: Duration = Duration::from_secs(90);
 const SECRET: &str = "partner-browser-secret";
-
-async fn step<F: std::future::Future>(what: &str, fut: F) -> F::Output {
-    tokio::time::timeout(STEP, fut)
-        .await
-        .unwrap_or_else(|_| panic!("browser step `{what}` did not finish within {STEP:?}"))
-}
 
 async fn exchanges(base: &str) -> Vec<Value> {
     let list = get(&format!("{base}/api/exchanges")).await.json();
@@ -104,34 +94,9 @@ async fn inspector_over_real_traffic_in_headless_chromium() {
     assert_eq!(app.count(), 1);
 
     let base = format!("http://{}", proxy.app().inspect_addr.unwrap());
-    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let screenshot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("inspector-proxy.png");
-    let mut child = Command::new("python3")
-        .arg(root.join("tests/fixtures/capture/inspector_browser.py"))
-        .arg(&base)
-        .arg(&screenshot)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("python3 is installed");
-    let mut stdin = child.stdin.take().unwrap();
-    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-    let mut stderr = child.stderr.take().unwrap();
-    let stderr_task = tokio::spawn(async move {
-        let mut text = String::new();
-        let _ = tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut text).await;
-        text
-    });
-    let loaded = step("page loaded", lines.next_line()).await.unwrap();
-    if loaded.as_deref() != Some("LOADED") {
-        let _ = child.wait().await;
-        panic!(
-            "browser did not load the page: {loaded:?}\n{}",
-            stderr_task.await.unwrap()
-        );
-    }
+    let mut browser = InspectorBrowser::start(&base, &screenshot);
+    browser.expect("page loaded", "LOADED").await;
 
     // A call made through the proxy after the page loaded (a 503, then the answer).
     let live = proxy
@@ -153,41 +118,19 @@ async fn inspector_over_real_traffic_in_headless_chromium() {
         "every exchange completed (an empty 202 too): {list:?}"
     );
     let added = id_of(&list, |e| e["path"] == "/v1/live_after_load");
-    stdin
-        .write_all(format!("ADDED {added}\n").as_bytes())
-        .await
-        .unwrap();
-    let seen = step("new row seen", lines.next_line()).await.unwrap();
-    if seen.as_deref() != Some("SEEN") {
-        panic!(
-            "the live call did not appear: {seen:?}\n{}",
-            stderr_task.await.unwrap()
-        );
-    }
+    browser.say(&format!("ADDED {added}")).await;
+    browser.expect("new row seen", "SEEN").await;
     let hook = id_of(&list, |e| e["kind"] == "webhook");
-    stdin
-        .write_all(format!("WEBHOOK {hook}\n").as_bytes())
-        .await
-        .unwrap();
-    let result = step("replayed", lines.next_line()).await.unwrap();
-    let Some(result) = result else {
-        panic!(
-            "browser failed before replaying: {}",
-            stderr_task.await.unwrap()
-        );
-    };
-    assert!(
-        result.starts_with("REPLAYED ") && result.contains("200"),
-        "{result}"
-    );
+    browser.say(&format!("WEBHOOK {hook}")).await;
+    let result = browser.expect("replayed", "REPLAYED ").await;
+    assert!(result.contains("200"), "{result}");
     poll_until("the application receives the delivery again", || async {
         app.count() == 2
     })
     .await;
     assert_eq!(app.requests()[1].body, body);
 
-    let status = step("browser exits", child.wait()).await.unwrap();
-    let log = stderr_task.await.unwrap();
+    let (status, log) = browser.finish().await;
     assert!(status.success(), "browser script failed: {log}");
     assert!(std::fs::read(&screenshot).unwrap().starts_with(b"\x89PNG"));
     proxy.shutdown().await;

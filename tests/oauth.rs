@@ -117,25 +117,6 @@ fn field<'a>(form: &'a [(String, String)], name: &str) -> Option<&'a str> {
         .map(|(_, v)| v.as_str())
 }
 
-/// The value of one sample in a Prometheus exposition: `name` with (at least) these labels.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    text.lines()
-        .filter(|line| !line.starts_with('#'))
-        .filter_map(|line| line.rsplit_once(' '))
-        .find_map(|(series, value)| {
-            let (series_name, label_text) = series.split_once('{').unwrap_or((series, ""));
-            let present: Vec<(&str, &str)> = label_text
-                .trim_end_matches('}')
-                .split(',')
-                .filter_map(|pair| pair.split_once('='))
-                .map(|(k, v)| (k, v.trim_matches('"')))
-                .collect();
-            (series_name == name && labels.iter().all(|l| present.contains(l)))
-                .then(|| value.parse().ok())
-                .flatten()
-        })
-}
-
 fn refreshes(proxy: &Proxy, result: &str) -> f64 {
     metric(
         &proxy.metrics(),

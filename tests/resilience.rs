@@ -102,35 +102,6 @@ async fn stamped_queue(replies: Vec<Reply>) -> (MockUpstream, Arrivals) {
     .await
 }
 
-/// The value of one sample in a Prometheus exposition: `name` with (at least) these labels.
-fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    for line in text.lines() {
-        if line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = match line.rsplit_once(' ') {
-            Some(split) => split,
-            None => continue,
-        };
-        let (series_name, label_text) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        if series_name != name {
-            continue;
-        }
-        let present: Vec<(&str, &str)> = label_text
-            .split(',')
-            .filter_map(|pair| pair.split_once('='))
-            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
-            .collect();
-        if labels.iter().all(|l| present.contains(l)) {
-            return value.trim().parse().ok();
-        }
-    }
-    None
-}
-
 /// As [`metric`], with an absent series read as 0.
 fn value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
     metric(text, name, labels).unwrap_or(0.0)

@@ -109,8 +109,12 @@ impl Recording {
         }
     }
 
-    /// Tee the response body going back to the application; commits when it ends.
-    pub fn tap_response<B>(&self, body: B) -> TapBody<B> {
+    /// Tee the response body going back to the application; commits when it ends (at once when
+    /// it is already over: such a body is never polled).
+    pub fn tap_response<B: Body>(&self, body: B) -> TapBody<B> {
+        if body.is_end_stream() {
+            self.commit();
+        }
         TapBody {
             inner: body,
             tap: Some(Tap {

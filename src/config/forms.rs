@@ -91,6 +91,27 @@ pub fn check_ca_file(path: &Path) -> Result<(), String> {
     Ok(())
 }
 
+/// The signing key of a PEM private key for JWTs, and its algorithm: RSA (PKCS#1 or PKCS#8)
+/// signs RS256, an EC P-256 key ES256. A probe is signed, so a key of another curve is refused
+/// here (at config time) rather than at the first request. The error never contains the key.
+pub fn jwt_signing_key(
+    pem: &str,
+) -> Result<(jsonwebtoken::EncodingKey, jsonwebtoken::Algorithm), String> {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    let probe = serde_json::json!({"probe": true});
+    [
+        (EncodingKey::from_rsa_pem(pem.as_bytes()), Algorithm::RS256),
+        (EncodingKey::from_ec_pem(pem.as_bytes()), Algorithm::ES256),
+    ]
+    .into_iter()
+    .find_map(|(key, alg)| {
+        key.ok()
+            .filter(|k| jsonwebtoken::encode(&Header::new(alg), &probe, k).is_ok())
+            .map(|k| (k, alg))
+    })
+    .ok_or_else(|| "the private key is not an RSA or P-256 EC private key in PEM form".into())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1319,24 +1319,8 @@ impl RawAuth {
     }
 }
 
-/// Can the JWT signer use this PEM key (RSA for RS256, EC P-256 for ES256)? Signs a probe,
-/// so a key of another curve is refused here rather than at the first request.
 fn jwt_key_check(pem: &str) -> Result<(), String> {
-    use jsonwebtoken::{Algorithm, EncodingKey, Header};
-    let probe = serde_json::json!({"probe": true});
-    let usable = [
-        (EncodingKey::from_rsa_pem(pem.as_bytes()), Algorithm::RS256),
-        (EncodingKey::from_ec_pem(pem.as_bytes()), Algorithm::ES256),
-    ]
-    .into_iter()
-    .any(|(key, alg)| {
-        key.is_ok_and(|k| jsonwebtoken::encode(&Header::new(alg), &probe, &k).is_ok())
-    });
-    if usable {
-        Ok(())
-    } else {
-        Err("the private key is not an RSA or P-256 EC private key in PEM form".into())
-    }
+    forms::jwt_signing_key(pem).map(drop)
 }
 
 /// Route names are the first path segment of a request.

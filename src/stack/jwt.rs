@@ -17,10 +17,12 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE, USER_AGENT};
-use http::{Method, Request, StatusCode, Uri};
+use http::{Method, Request, StatusCode};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 
-use super::oauth::{exchange, form_encode, parse_token_response, Fetched, Fetcher, TokenSource};
+use super::oauth::{
+    display_url, exchange, form_encode, parse_token_response, Fetched, Fetcher, TokenSource,
+};
 use crate::body::full;
 use crate::client::HttpClient;
 use crate::config::{GithubApp, JwtBearer, Secret};
@@ -51,27 +53,15 @@ impl fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// A signer for a PEM private key: RSA (PKCS#1 or PKCS#8) signs RS256, a P-256 EC key
-    /// ES256. The error never contains the key.
+    /// A signer for a PEM private key (`config::forms::jwt_signing_key` decides the
+    /// algorithm). The error never contains the key.
     pub fn from_pem(pem: &str, key_id: Option<String>) -> Result<Self, String> {
-        let candidates = [
-            (EncodingKey::from_rsa_pem(pem.as_bytes()), Algorithm::RS256),
-            (EncodingKey::from_ec_pem(pem.as_bytes()), Algorithm::ES256),
-        ];
-        for (key, algorithm) in candidates {
-            if let Ok(key) = key {
-                let signer = Signer {
-                    key,
-                    algorithm,
-                    key_id: key_id.clone(),
-                };
-                // An EC key of another curve parses but cannot sign ES256: try once.
-                if signer.sign(&serde_json::json!({"probe": true})).is_ok() {
-                    return Ok(signer);
-                }
-            }
-        }
-        Err("the private key is not an RSA or P-256 EC private key in PEM form".into())
+        let (key, algorithm) = crate::config::forms::jwt_signing_key(pem)?;
+        Ok(Signer {
+            key,
+            algorithm,
+            key_id,
+        })
     }
 
     pub fn algorithm(&self) -> Algorithm {
@@ -92,17 +82,6 @@ fn unix_now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
-}
-
-/// `scheme://host[:port]/path` of a token URL, for messages (no user info, no query).
-fn display(uri: &Uri) -> String {
-    format!(
-        "{}://{}{}{}",
-        uri.scheme_str().unwrap_or("https"),
-        uri.host().unwrap_or_default(),
-        uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default(),
-        uri.path()
-    )
 }
 
 /// RFC 7523 claims of a JWT bearer assertion issued at `now`.
@@ -135,7 +114,7 @@ pub fn bearer_source(
         config.key_id.clone(),
     )?);
     let config = Arc::new(config.clone());
-    let display = Arc::<str>::from(display(&config.token_url));
+    let display = Arc::<str>::from(display_url(&config.token_url));
     let fetcher: Fetcher = Arc::new(move || {
         let (signer, config, client, display) = (
             signer.clone(),
@@ -193,7 +172,7 @@ pub fn github_source(
     );
     let uri = super::credentials::upstream_uri(api, &path)
         .map_err(|_| "github_app: the installation token URL is not valid".to_string())?;
-    let display = Arc::<str>::from(display(&uri));
+    let display = Arc::<str>::from(display_url(&uri));
     let app_id = Arc::<str>::from(config.app_id.as_str());
     let fetcher: Fetcher = Arc::new(move || {
         let (signer, uri, client, display, app_id) = (

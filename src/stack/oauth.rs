@@ -304,13 +304,7 @@ struct Endpoint {
 impl Endpoint {
     fn new(config: &OAuth2) -> Self {
         let uri = config.token_url.clone();
-        let display = format!(
-            "{}://{}{}{}",
-            uri.scheme_str().unwrap_or("https"),
-            uri.host().unwrap_or_default(),
-            uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default(),
-            uri.path()
-        );
+        let display = display_url(&uri);
         let mut form = String::from("grant_type=client_credentials");
         let mut field = |name: &str, value: &str| {
             form.push('&');
@@ -398,8 +392,20 @@ pub(crate) async fn exchange(
         .map_err(|_| format!("token endpoint {display} did not answer within {timeout:?}"))?
 }
 
+/// `scheme://host[:port]/path` of a token URL, for messages: no user info, no query (either
+/// may hold a credential).
+pub(crate) fn display_url(uri: &Uri) -> String {
+    format!(
+        "{}://{}{}{}",
+        uri.scheme_str().unwrap_or("https"),
+        uri.host().unwrap_or_default(),
+        uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default(),
+        uri.path()
+    )
+}
+
 /// `Basic base64(urlencode(id) ":" urlencode(secret))` (RFC 6749 §2.3.1), marked sensitive.
-fn basic_authorization(client_id: &str, client_secret: &str) -> HeaderValue {
+pub(crate) fn basic_authorization(client_id: &str, client_secret: &str) -> HeaderValue {
     let mut pair = String::new();
     form_encode(client_id, &mut pair);
     pair.push(':');

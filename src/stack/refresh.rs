@@ -22,14 +22,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use base64::Engine;
 use bytes::Bytes;
 use http::header::{HeaderValue, ACCEPT, AUTHORIZATION, CONTENT_TYPE};
-use http::{Method, Request, StatusCode, Uri};
+use http::{Method, Request, StatusCode};
 use sha2::{Digest, Sha256};
 use tokio::time::Instant;
 
-use super::oauth::{exchange, form_encode, parse_token_response, Fetched, Fetcher, TokenSource};
+use super::oauth::{
+    display_url, exchange, form_encode, parse_token_response, Fetched, Fetcher, TokenSource,
+};
 use crate::body::full;
 use crate::client::HttpClient;
 use crate::config::{ClientAuth, RefreshToken, Secret};
@@ -149,16 +150,6 @@ struct Refresher {
     latest: Mutex<Option<Secret>>,
     /// Set by `invalid_grant`: when it was last logged.
     dead: Mutex<Option<Instant>>,
-}
-
-fn display(uri: &Uri) -> String {
-    format!(
-        "{}://{}{}{}",
-        uri.scheme_str().unwrap_or("https"),
-        uri.host().unwrap_or_default(),
-        uri.port_u16().map(|p| format!(":{p}")).unwrap_or_default(),
-        uri.path()
-    )
 }
 
 impl Refresher {
@@ -287,25 +278,16 @@ pub fn source(
     metrics: &UpstreamMetrics,
 ) -> Arc<TokenSource> {
     let authorization = match (&config.client_auth, &config.client_secret) {
-        (ClientAuth::Basic, Some(secret)) => {
-            let mut pair = String::new();
-            form_encode(config.client_id.expose(), &mut pair);
-            pair.push(':');
-            form_encode(secret.expose(), &mut pair);
-            let encoded = base64::engine::general_purpose::STANDARD.encode(pair);
-            HeaderValue::from_str(&format!("Basic {encoded}"))
-                .ok()
-                .map(|mut v| {
-                    v.set_sensitive(true);
-                    v
-                })
-        }
+        (ClientAuth::Basic, Some(secret)) => Some(super::oauth::basic_authorization(
+            config.client_id.expose(),
+            secret.expose(),
+        )),
         _ => None,
     };
     let refresher = Arc::new(Refresher {
         upstream: upstream.to_string(),
         store: FileStore::new(config.store.clone(), &config.refresh_token),
-        display: display(&config.token_url),
+        display: display_url(&config.token_url),
         config: config.clone(),
         client,
         timeout,

@@ -307,9 +307,6 @@ impl Receiver {
                     );
                     draft.response_head(response.status().as_u16(), response.headers());
                 });
-                if http_body::Body::is_end_stream(response.body()) {
-                    recording.commit();
-                }
                 response.map(|b| boxed(recording.tap_response(b)))
             }
             None => response,

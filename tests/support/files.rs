@@ -75,3 +75,32 @@ pub fn form_pairs(body: &[u8]) -> Vec<(String, String)> {
         })
         .collect()
 }
+
+/// The value of one sample in a Prometheus exposition: `name` with (at least) these labels.
+pub fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    for line in text.lines() {
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = match line.rsplit_once(' ') {
+            Some(split) => split,
+            None => continue,
+        };
+        let (series_name, label_text) = match series.split_once('{') {
+            Some((n, rest)) => (n, rest.trim_end_matches('}')),
+            None => (series, ""),
+        };
+        if series_name != name {
+            continue;
+        }
+        let present: Vec<(&str, &str)> = label_text
+            .split(',')
+            .filter_map(|pair| pair.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim().trim_matches('"')))
+            .collect();
+        if labels.iter().all(|l| present.contains(l)) {
+            return value.trim().parse().ok();
+        }
+    }
+    None
+}

@@ -89,4 +89,5 @@ pub use proxy::*;
 pub use raw::*;
 #[allow(unused_imports)]
 pub use tls::*;
+pub mod browser;
 pub mod streaming;
