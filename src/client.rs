@@ -17,6 +17,7 @@ use hyper_rustls::HttpsConnectorBuilder;
 use hyper_util::client::legacy::connect::HttpConnector;
 
 use crate::body::BoxBody;
+use crate::config::forms::ClientIdentity;
 use crate::config::{HttpMode, Upstream};
 
 pub use pool::{ClientError, Endpoint, PooledBody};
@@ -159,7 +160,10 @@ pub fn load_ca_file(
     Ok(certs)
 }
 
-fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
+fn tls_config(
+    ca_file: Option<&Path>,
+    identity: Option<ClientIdentity>,
+) -> Result<rustls::ClientConfig, String> {
     let mut roots = rustls::RootCertStore::empty();
     roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
     if let Some(path) = ca_file {
@@ -170,12 +174,17 @@ fn tls_config(ca_file: Option<&Path>) -> Result<rustls::ClientConfig, String> {
         }
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-    Ok(config)
+        .with_root_certificates(roots);
+    match identity {
+        None => Ok(builder.with_no_client_auth()),
+        // The message never carries key material (rustls' errors name the problem only).
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(|e| format!("client certificate: {e}")),
+    }
 }
 
 /// A client with Outpost's transport settings (also used to forward webhooks).
@@ -184,6 +193,18 @@ pub fn build(
     http: HttpMode,
     ca_file: Option<&Path>,
 ) -> Result<HttpClient, String> {
+    build_with_identity(connect_timeout, http, ca_file, None)
+}
+
+/// A client that presents `identity` (a certificate chain and its key) to servers that ask
+/// for one: the token endpoint of an `oauth2_*` upstream with `client_auth:
+/// tls_client_auth` (RFC 8705). Never shared with other upstreams or the upstream itself.
+pub fn build_with_identity(
+    connect_timeout: Duration,
+    http: HttpMode,
+    ca_file: Option<&Path>,
+    identity: Option<ClientIdentity>,
+) -> Result<HttpClient, String> {
     let mut connector = HttpConnector::new();
     connector.enforce_http(false);
     connector.set_nodelay(true);
@@ -191,7 +212,7 @@ pub fn build(
     connector.set_keepalive(Some(Duration::from_secs(30)));
 
     let builder = HttpsConnectorBuilder::new()
-        .with_tls_config(tls_config(ca_file)?)
+        .with_tls_config(tls_config(ca_file, identity)?)
         .https_or_http();
     let connector = match http {
         HttpMode::Auto => builder

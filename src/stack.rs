@@ -73,8 +73,8 @@ use self::replay::ReplayBody;
 use self::retry::{decide, Decision, Outcome, RetryPolicy};
 use self::timeout::{AttemptTimeout, AttemptTimeoutLayer};
 use crate::body::{boxed, BoxBody, Guarded};
-use crate::client::Clients;
-use crate::config::{Auth, ErrorMode, Upstream};
+use crate::client::{Clients, HttpClient};
+use crate::config::{Auth, ClientCert, ErrorMode, HttpMode, Upstream};
 use crate::error::{classify_status, FailureKind, ProxyError, X_OUTPOST_ERROR};
 use crate::metrics::{Metrics, UpstreamMetrics, AUTH_KEY_HEALTHY, RATE_LIMIT_QUEUED};
 
@@ -165,7 +165,7 @@ impl UpstreamStack {
             (Some(Auth::OAuth2ClientCredentials(oauth2)), None) => Some(oauth::TokenSource::new(
                 &config.name,
                 oauth2,
-                client.clone(),
+                token_client(&config, &client, oauth2.client_cert.as_ref())?,
                 timeout,
                 &upstream_metrics,
             )),
@@ -179,7 +179,7 @@ impl UpstreamStack {
             (Some(Auth::OAuth2RefreshToken(refresh_token)), None) => Some(refresh::source(
                 &config.name,
                 refresh_token,
-                client.clone(),
+                token_client(&config, &client, refresh_token.client_cert.as_ref())?,
                 timeout,
                 &upstream_metrics,
             )),
@@ -515,6 +515,29 @@ impl UpstreamStack {
             None => response,
         }
     }
+}
+
+/// The client for an upstream's token endpoint: the upstream's own (its CA file and connect
+/// timeout apply), or, with `client_auth: tls_client_auth`, one of its own that presents the
+/// client certificate (RFC 8705), so the certificate is never offered to the API itself.
+fn token_client(
+    upstream: &Upstream,
+    client: &HttpClient,
+    cert: Option<&ClientCert>,
+) -> Result<HttpClient, String> {
+    let Some(cert) = cert else {
+        return Ok(client.clone());
+    };
+    let identity =
+        crate::config::forms::client_identity(cert.cert_pem.expose(), cert.key_pem.expose())
+            .map_err(|e| format!("auth: {e}"))?;
+    crate::client::build_with_identity(
+        upstream.connect_timeout,
+        HttpMode::Auto,
+        upstream.tls_ca_file.as_deref(),
+        Some(identity),
+    )
+    .map_err(|e| format!("auth: {e}"))
 }
 
 /// One attempt into the capture: its time, how it ended, and why another followed.

@@ -112,6 +112,39 @@ pub fn jwt_signing_key(
     .ok_or_else(|| "the private key is not an RSA or P-256 EC private key in PEM form".into())
 }
 
+/// A TLS client certificate chain and its private key (PEM), for RFC 8705
+/// `tls_client_auth`.
+pub type ClientIdentity = (
+    Vec<rustls::pki_types::CertificateDer<'static>>,
+    rustls::pki_types::PrivateKeyDer<'static>,
+);
+
+/// Parse `client_cert` (one or more PEM certificates, the leaf first) and `client_key` (a PEM
+/// private key: PKCS#8, PKCS#1 or SEC1) and check that the key belongs to the leaf. Used by
+/// config validation and by the token client, so both agree.
+pub fn client_identity(cert_pem: &str, key_pem: &str) -> Result<ClientIdentity, String> {
+    let certs: Vec<_> = rustls_pemfile::certs(&mut cert_pem.as_bytes())
+        .collect::<Result<_, _>>()
+        .map_err(|_| "`client_cert` is not valid PEM".to_string())?;
+    if certs.is_empty() {
+        return Err("`client_cert` holds no PEM certificate".into());
+    }
+    let key = rustls_pemfile::private_key(&mut key_pem.as_bytes())
+        .map_err(|_| "`client_key` is not valid PEM".to_string())?
+        .ok_or_else(|| "`client_key` holds no PEM private key".to_string())?;
+    let provider = rustls::crypto::ring::default_provider();
+    rustls::sign::CertifiedKey::from_der(certs.clone(), key.clone_key(), &provider).map_err(
+        |e| match e {
+            rustls::Error::InconsistentKeys(_) => {
+                "`client_key` does not belong to the first certificate of `client_cert`".to_string()
+            }
+            _ => "`client_key` is not a usable RSA, ECDSA or Ed25519 key for `client_cert`"
+                .to_string(),
+        },
+    )?;
+    Ok((certs, key))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

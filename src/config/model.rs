@@ -151,8 +151,16 @@ impl AuthType {
             AuthType::Header => (&["name"], &["value", "values"]),
             AuthType::Query => (&["name"], &["value", "values"]),
             AuthType::OAuth2ClientCredentials => (
-                &["token_url", "client_id", "client_secret"],
-                &["scopes", "audience", "client_auth", "params"],
+                &["token_url", "client_id"],
+                &[
+                    "client_secret",
+                    "scopes",
+                    "audience",
+                    "client_auth",
+                    "params",
+                    "client_cert",
+                    "client_key",
+                ],
             ),
             AuthType::AwsSigv4 => (
                 &["region", "service", "access_key_id", "secret_access_key"],
@@ -177,17 +185,39 @@ impl AuthType {
             AuthType::GithubApp => (&["app_id", "private_key", "installation_id"], &[]),
             AuthType::OAuth2RefreshToken => (
                 &["token_url", "client_id", "refresh_token", "store"],
-                &["client_secret", "scopes", "client_auth", "params"],
+                &[
+                    "client_secret",
+                    "scopes",
+                    "client_auth",
+                    "params",
+                    "client_cert",
+                    "client_key",
+                ],
             ),
         }
     }
 }
 
+/// How an OAuth2 client authenticates to the token endpoint.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "snake_case")]
 pub enum ClientAuth {
+    /// HTTP basic `client_id:client_secret` (RFC 6749 §2.3.1).
     Basic,
+    /// `client_id` and `client_secret` in the form.
     Body,
+    /// RFC 8705 §2.1: a client certificate in the TLS handshake, `client_id` in the form, no
+    /// secret. The certificate is [`ClientCert`].
+    TlsClientAuth,
+}
+
+/// `client_cert` + `client_key` of `client_auth: tls_client_auth`: PEM text (usually
+/// `${file:…}` of a Kubernetes TLS Secret, so a rotated certificate is picked up by a reload).
+/// Checked when the config is loaded: at least one certificate, and a key that matches it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClientCert {
+    pub cert_pem: Secret,
+    pub key_pem: Secret,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -273,6 +303,8 @@ pub struct OAuth2 {
     pub audience: Option<String>,
     pub client_auth: ClientAuth,
     pub params: Vec<(String, String)>,
+    /// `Some` exactly when `client_auth` is `tls_client_auth`.
+    pub client_cert: Option<ClientCert>,
 }
 
 /// `oauth2_jwt_bearer` (RFC 7523): a signed assertion exchanged for an access token.
@@ -313,6 +345,8 @@ pub struct RefreshToken {
     pub scopes: Vec<String>,
     pub client_auth: ClientAuth,
     pub params: Vec<(String, String)>,
+    /// `Some` exactly when `client_auth` is `tls_client_auth`.
+    pub client_cert: Option<ClientCert>,
     /// Where rotated refresh tokens are persisted (write + fsync + rename).
     pub store: PathBuf,
 }

@@ -111,6 +111,8 @@ pub(super) struct RawAuth {
     pub(super) installation_id: Option<Scalar>,
     pub(super) refresh_token: Option<String>,
     pub(super) store: Option<RawTokenStore>,
+    pub(super) client_cert: Option<String>,
+    pub(super) client_key: Option<String>,
 }
 
 /// A YAML scalar that may be written as a string or a number (`app_id: 12345`).

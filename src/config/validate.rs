@@ -700,10 +700,24 @@ impl Validator {
                     .as_deref()
                     .and_then(|t| self.url(&join(path, "token_url"), t));
                 let client_id = req(self, "client_id", raw.client_id);
-                let client_secret = self.secret(
-                    &join(path, "client_secret"),
-                    raw.client_secret.as_deref().unwrap_or_default(),
-                );
+                let (client_auth, client_cert) = self.client_auth(
+                    path,
+                    raw.client_auth,
+                    raw.client_secret.is_some(),
+                    raw.client_cert,
+                    raw.client_key,
+                )?;
+                let client_secret = match (client_auth, raw.client_secret) {
+                    (ClientAuth::TlsClientAuth, _) => Some(Secret::new("")),
+                    (_, Some(text)) => self.secret(&join(path, "client_secret"), &text),
+                    (_, None) => {
+                        self.key_error(
+                            path,
+                            "auth type `oauth2_client_credentials` needs `client_secret` (or `client_auth: tls_client_auth` with `client_cert` and `client_key`)",
+                        );
+                        None
+                    }
+                };
                 let mut params = Vec::new();
                 for (k, v) in raw.params.map(|p| p.0).unwrap_or_default() {
                     if matches!(
@@ -723,8 +737,9 @@ impl Validator {
                     client_secret: client_secret?,
                     scopes: raw.scopes.unwrap_or_default(),
                     audience: raw.audience,
-                    client_auth: raw.client_auth.unwrap_or(ClientAuth::Basic),
+                    client_auth,
                     params,
+                    client_cert,
                 })
             }
             AuthType::AwsSigv4 => {
@@ -914,6 +929,58 @@ impl Validator {
         })
     }
 
+    /// `client_auth` of the `oauth2_*` types (default `basic`) and, for `tls_client_auth`
+    /// (RFC 8705 §2.1), the client certificate: `client_cert` and `client_key` are required
+    /// there, checked to be a certificate and its key, and refused with any other mode; a
+    /// `client_secret` is refused with it (the certificate is the credential).
+    fn client_auth(
+        &mut self,
+        path: &str,
+        mode: Option<ClientAuth>,
+        has_secret: bool,
+        cert: Option<String>,
+        key: Option<String>,
+    ) -> Option<(ClientAuth, Option<ClientCert>)> {
+        let mode = mode.unwrap_or(ClientAuth::Basic);
+        if mode != ClientAuth::TlsClientAuth {
+            for (present, name) in [
+                (cert.is_some(), "client_cert"),
+                (key.is_some(), "client_key"),
+            ] {
+                if present {
+                    self.key_error(
+                        join(path, name),
+                        format!("`{name}` is only used with `client_auth: tls_client_auth`"),
+                    );
+                    return None;
+                }
+            }
+            return Some((mode, None));
+        }
+        if has_secret {
+            self.key_error(
+                join(path, "client_secret"),
+                "`client_auth: tls_client_auth` authenticates with the client certificate: remove `client_secret`",
+            );
+            return None;
+        }
+        let (Some(cert), Some(key)) = (cert, key) else {
+            self.key_error(
+                join(path, "client_auth"),
+                "`client_auth: tls_client_auth` needs `client_cert` and `client_key` (PEM, e.g. `${file:/var/run/secrets/oauth/tls.crt}`)",
+            );
+            return None;
+        };
+        let cert_pem = self.secret(&join(path, "client_cert"), &cert);
+        let key_pem = self.secret(&join(path, "client_key"), &key);
+        let (cert_pem, key_pem) = (cert_pem?, key_pem?);
+        if let Err(message) = forms::client_identity(cert_pem.expose(), key_pem.expose()) {
+            self.error(join(path, "client_cert"), message);
+            return None;
+        }
+        Some((mode, Some(ClientCert { cert_pem, key_pem })))
+    }
+
     /// `oauth2_refresh_token`: the token endpoint, the client, the seed refresh token and the
     /// file the rotated tokens are kept in.
     fn refresh_token(&mut self, path: &str, raw: RawAuth) -> Option<RefreshToken> {
@@ -970,9 +1037,17 @@ impl Validator {
             }
             params.push((k, v));
         }
-        let client_auth = match (&client_secret, raw.client_auth) {
-            (None, _) => ClientAuth::Body,
-            (Some(_), auth) => auth.unwrap_or(ClientAuth::Basic),
+        let (client_auth, client_cert) = self.client_auth(
+            path,
+            raw.client_auth,
+            client_secret.is_some(),
+            raw.client_cert,
+            raw.client_key,
+        )?;
+        // A public client (no secret) sends only `client_id`, in the form.
+        let client_auth = match (&client_secret, client_auth) {
+            (None, ClientAuth::Basic) => ClientAuth::Body,
+            (_, auth) => auth,
         };
         Some(RefreshToken {
             token_url: token_url?,
@@ -982,6 +1057,7 @@ impl Validator {
             scopes: raw.scopes.unwrap_or_default(),
             client_auth,
             params,
+            client_cert,
             store: store?,
         })
     }
@@ -1315,6 +1391,8 @@ impl RawAuth {
         add(self.installation_id.is_some(), "installation_id");
         add(self.refresh_token.is_some(), "refresh_token");
         add(self.store.is_some(), "store");
+        add(self.client_cert.is_some(), "client_cert");
+        add(self.client_key.is_some(), "client_key");
         out
     }
 }

@@ -327,6 +327,11 @@ impl Endpoint {
                 field("client_secret", config.client_secret.expose());
                 None
             }
+            // RFC 8705 §2.1: the certificate in the handshake authenticates; no secret.
+            ClientAuth::TlsClientAuth => {
+                field("client_id", config.client_id.expose());
+                None
+            }
             ClientAuth::Basic => Some(basic_authorization(
                 config.client_id.expose(),
                 config.client_secret.expose(),
@@ -720,6 +725,7 @@ mod tests {
             audience: Some("https://api.example/".into()),
             client_auth: ClientAuth::Body,
             params: vec![("resource".into(), "r 1".into())],
+            client_cert: None,
         };
         let endpoint = Endpoint::new(&config);
         assert_eq!(
@@ -738,6 +744,22 @@ mod tests {
             ..config
         });
         assert_eq!(basic.form, "grant_type=client_credentials");
+        // RFC 8705 §2.1: `client_id` in the form, no secret anywhere.
+        let mtls = Endpoint::new(&OAuth2 {
+            client_auth: ClientAuth::TlsClientAuth,
+            scopes: vec![],
+            audience: None,
+            params: vec![],
+            client_id: Secret::new("my client"),
+            client_secret: Secret::new(""),
+            token_url: "https://idp.example/token".parse().unwrap(),
+            client_cert: None,
+        });
+        assert_eq!(
+            mtls.form,
+            "grant_type=client_credentials&client_id=my+client"
+        );
+        assert!(mtls.authorization.is_none());
         assert!(basic.authorization.is_some());
     }
 

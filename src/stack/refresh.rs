@@ -185,11 +185,16 @@ impl Refresher {
         for (name, value) in &self.config.params {
             field(name, value);
         }
-        if self.config.client_auth == ClientAuth::Body {
-            field("client_id", self.config.client_id.expose());
-            if let Some(secret) = &self.config.client_secret {
-                field("client_secret", secret.expose());
+        match self.config.client_auth {
+            ClientAuth::Body => {
+                field("client_id", self.config.client_id.expose());
+                if let Some(secret) = &self.config.client_secret {
+                    field("client_secret", secret.expose());
+                }
             }
+            // RFC 8705 §2.1: the certificate authenticates; `client_id` says who.
+            ClientAuth::TlsClientAuth => field("client_id", self.config.client_id.expose()),
+            ClientAuth::Basic => {}
         }
         form
     }

@@ -152,6 +152,40 @@ impl MockUpstream {
         Self::start_with(Arc::new(handler), Some(accept)).await
     }
 
+    /// Like [`MockUpstream::start_tls`], and records, per TLS connection, the leaf
+    /// certificate the client presented (`None`: no client certificate).
+    pub async fn start_tls_seeing_clients(
+        handler: impl Fn(&RecordedRequest) -> Reply + Send + Sync + 'static,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> (Self, Arc<Mutex<Vec<Option<Vec<u8>>>>>) {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        let acceptor = tokio_rustls::TlsAcceptor::from(tls);
+        let accept: Acceptor = Arc::new(move |stream| {
+            let acceptor = acceptor.clone();
+            let record = record.clone();
+            Box::pin(async move {
+                match acceptor.accept(stream).await {
+                    Ok(tls) => {
+                        let leaf = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .map(|c| c.to_vec());
+                        record.lock().unwrap().push(leaf);
+                        Some(Box::new(tls) as Box<dyn Io>)
+                    }
+                    Err(_) => None,
+                }
+            })
+        });
+        (
+            Self::start_with(Arc::new(handler), Some(accept)).await,
+            seen,
+        )
+    }
+
     async fn start_with(handler: Handler, accept: Option<Acceptor>) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind mock");
         let addr = listener.local_addr().expect("mock addr");
