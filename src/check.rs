@@ -132,7 +132,11 @@ pub fn summary(config: &Config) -> String {
             vec![
                 format!("{}{preset}", up.name),
                 route,
-                up.base_url.to_string(),
+                if up.base_from_token {
+                    "from_token (instance_url)".to_string()
+                } else {
+                    up.base_url.to_string()
+                },
                 auth_summary(up),
                 rate_summary(up),
                 retry_summary(up),

@@ -226,6 +226,7 @@ impl UpstreamStack {
         .push(AuthLayer {
             authorizer: authorizer.clone(),
             base: config.base_url.clone(),
+            from_token: auth::FromToken::new(&config, &client),
         })
         .push(KeyLimitLayer {
             keys: keys.clone(),
@@ -395,6 +396,7 @@ impl UpstreamStack {
                     progress,
                     auth: &scope,
                     can_refresh: !auth_refreshed,
+                    endpoint: None,
                 })
                 .await;
             let outcome = self.outcome(&result, safe);

@@ -257,3 +257,140 @@ async fn bad_keys_are_config_errors_that_never_show_the_key() {
         "{out}"
     );
 }
+
+/// `base_url: from_token` (the `salesforce` preset's default): the API origin is the token
+/// answer's `instance_url` (REFERENCE.md: Salesforce's answer carries `instance_url`, the org's
+/// API host, and no `expires_in`: "cache until a 401, then mint a new one"). A new token that
+/// names another origin moves the traffic there; an answer without a usable `instance_url` is
+/// `503 credentials_unavailable` and nothing is sent.
+#[tokio::test]
+async fn salesforce_preset_takes_the_api_origin_from_the_token_answer() {
+    let seen: Verified = Arc::default();
+    let first = MockUpstream::start(|req| {
+        // The first org host refuses its token after one call: Outpost mints a new one.
+        if req.path().ends_with("/limits") {
+            Reply::json(200, &json!({"org": 1}))
+        } else {
+            Reply::json(401, &json!([{"errorCode": "INVALID_SESSION_ID"}]))
+        }
+    })
+    .await;
+    let second = MockUpstream::start(api_expecting("00D-second")).await;
+    let answers = Arc::new(Mutex::new(vec![
+        json!({"access_token": "00D-second", "instance_url": second.url(""), "token_type": "Bearer"}),
+        json!({"access_token": "00D-first", "instance_url": format!("{}/", first.url("")), "id": "https://login.salesforce.com/id/00D/005", "scope": "api"}),
+    ]));
+    let pending = answers.clone();
+    let tokens = MockUpstream::start(move |req| {
+        let fields = form_pairs(&req.body);
+        let assertion = field(&fields, "assertion").unwrap_or_default();
+        let aud = format!("http://{}{}", req.header("host").unwrap(), req.path());
+        match verify(&assertion, EC_PUB, Algorithm::ES256, Some(&aud)) {
+            Ok(verified) => {
+                seen.lock().unwrap().push(verified);
+                match pending.lock().unwrap().pop() {
+                    Some(answer) => Reply::json(200, &answer),
+                    None => Reply::json(200, &json!({"access_token": "00D-none"})),
+                }
+            }
+            Err(_) => Reply::json(400, &json!({"error": "invalid_grant"})),
+        }
+    })
+    .await;
+    let dir = TempDir::new("sf-from-token");
+    let key_path = dir.write("key.pem", EC);
+    let token_url = tokens.url("/services/oauth2/token");
+    let yaml = format!(
+        "upstreams:\n  salesforce:\n    preset: salesforce\n    auth:\n      issuer: 3MVG9consumer\n      subject: api@acme.example\n      audience: {token_url}\n      token_url: {token_url}\n      private_key: \"${{file:{}}}\"\n",
+        key_path.display()
+    );
+    let proxy = Proxy::start(&yaml).await;
+    let answer = proxy
+        .request(
+            "GET",
+            "/salesforce/services/data/v60.0/limits",
+            &[
+                ("host", "evil.example"),
+                ("authorization", "Bearer app-own"),
+            ],
+            Vec::new(),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(answer.json(), json!({"org": 1}));
+    let got = first.only_request();
+    assert_eq!(got.uri, "/services/data/v60.0/limits");
+    assert_eq!(got.header("host"), Some(first.addr.to_string().as_str()));
+    assert_eq!(got.header("authorization"), Some("Bearer 00D-first"));
+
+    // The first org host answers 401: one new token, and its instance_url is another host.
+    let answer = proxy.get("/salesforce/services/data/v60.0/sobjects").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    let moved = second.only_request();
+    assert_eq!(moved.uri, "/services/data/v60.0/sobjects");
+    assert_eq!(moved.header("authorization"), Some("Bearer 00D-second"));
+    assert_eq!(
+        first.requests().len(),
+        2,
+        "the 401 came from the first host"
+    );
+    proxy.shutdown().await;
+
+    // `check` shows where the base URL comes from.
+    let path = dir.write("proxy.yaml", format!("version: 1\n{yaml}"));
+    let run = outpost(&["check", "-c", &path.display().to_string()], &[], None).await;
+    assert_eq!(run.code, Some(0), "{}{}", run.stdout, run.stderr);
+    assert!(run.stdout.contains("from_token"), "{}", run.stdout);
+}
+
+#[tokio::test]
+async fn from_token_without_a_usable_instance_url_is_503_and_sends_nothing() {
+    let api = MockUpstream::ok().await;
+    for (what, instance) in [
+        ("no instance_url", None),
+        ("a path", Some(format!("{}/services", api.url("")))),
+        ("user info", Some(format!("http://user:pw@{}", api.addr))),
+        ("another scheme", Some(format!("ftp://{}", api.addr))),
+        ("not a URL", Some("acme.my.salesforce.com".to_string())),
+    ] {
+        let mut answer = json!({"access_token": "00D-canary"});
+        if let Some(instance) = &instance {
+            answer["instance_url"] = json!(instance);
+        }
+        let tokens = MockUpstream::start(move |_| Reply::json(200, &answer)).await;
+        let dir = TempDir::new("sf-bad-instance");
+        let key_path = dir.write("key.pem", EC);
+        let token_url = tokens.url("/token");
+        let proxy = Proxy::start(&format!(
+            "upstreams:\n  sf:\n    base_url: from_token\n    auth:\n      type: oauth2_jwt_bearer\n      issuer: i\n      token_url: {token_url}\n      private_key: \"${{file:{}}}\"\n",
+            key_path.display()
+        ))
+        .await;
+        let answer = proxy.get("/sf/services/data").await;
+        assert_eq!(answer.status, 503, "{what}: {}", answer.text());
+        assert_eq!(
+            answer.json()["error"]["type"],
+            "credentials_unavailable",
+            "{what}"
+        );
+        assert!(
+            answer.text().contains("instance_url"),
+            "{what}: {}",
+            answer.text()
+        );
+        assert!(!answer.text().contains("00D-canary"), "{what}");
+        proxy.shutdown().await;
+    }
+    assert!(api.requests().is_empty(), "nothing reached any API host");
+
+    // A type whose token answer cannot name an origin is a config error.
+    let dir = TempDir::new("sf-bad-config");
+    let path = dir.write(
+        "proxy.yaml",
+        "version: 1\nupstreams:\n  sf:\n    base_url: from_token\n    auth: { type: bearer, token: t }\n",
+    );
+    let run = outpost(&["check", "-c", &path.display().to_string()], &[], None).await;
+    assert_eq!(run.code, Some(1), "{}{}", run.stdout, run.stderr);
+    assert!(run.stderr.contains("proxy.yaml:4:"), "{}", run.stderr);
+    assert!(run.stderr.contains("from_token"), "{}", run.stderr);
+}

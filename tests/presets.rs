@@ -94,13 +94,22 @@ fn every_preset_needs_only_its_credentials() {
 #[test]
 fn per_account_presets_need_a_base_url() {
     let dir = TempDir::new("preset-base");
-    for preset in ["shopify", "cloudflare_r2", "salesforce"] {
+    for preset in ["shopify", "cloudflare_r2"] {
         let text = format!("version: 1\nupstreams:\n  x: {{ preset: {preset} }}\n");
         let err = outpost::config::load_str(&text, &dir.path.join("proxy.yaml"))
             .expect_err(preset)
             .to_string();
         assert!(err.contains("needs `base_url`"), "{preset}: {err}");
     }
+    // Salesforce's org host is the token answer's `instance_url` (`base_url: from_token`
+    // by default); a `base_url` written beside the preset still wins.
+    let text = "version: 1\nupstreams:\n  x: { preset: salesforce, auth: { issuer: i, subject: s, private_key: \"${file:KEY}\" } }\n";
+    let key = dir.write("key.pem", include_str!("fixtures/keys/rsa-test.pem"));
+    let text = text.replace("KEY", &key.display().to_string());
+    let config = outpost::config::load_str(&text, &dir.path.join("proxy.yaml")).expect("loads");
+    let up = &config.upstreams[0];
+    assert!(up.base_from_token);
+    assert_eq!(up.base_url.to_string(), "https://login.salesforce.com");
 }
 
 /// PayPal end to end: the token comes from `{base_url}/v1/oauth2/token` with HTTP basic, and a

@@ -58,11 +58,19 @@ pub struct WebhookLimits {
     pub max_connections: usize,
 }
 
+/// `base_url: from_token`.
+pub const FROM_TOKEN: &str = "from_token";
+
 #[derive(Debug)]
 pub struct Upstream {
     pub name: String,
     pub preset: Option<Preset>,
+    /// With `base_from_token`, the token endpoint's origin: the real one is each token's
+    /// `instance_url`.
     pub base_url: BaseUrl,
+    /// `base_url: from_token` (Salesforce): the API origin is the token answer's
+    /// `instance_url`, never the application's choice.
+    pub base_from_token: bool,
     pub auth: Option<Auth>,
     /// Static request headers, applied in order after the application's headers.
     pub headers: Vec<(HeaderName, HeaderValue)>,

@@ -252,9 +252,9 @@ static MIXPANEL: PresetDefaults = PresetDefaults {
 };
 
 // Salesforce JWT bearer: `iss` = consumer key, `sub` = username, `aud` = the login URL; the
-// org's API host is the token answer's `instance_url` (give it as `base_url` in this build).
+// org's API host is the token answer's `instance_url` (`base_url: from_token`).
 static SALESFORCE: PresetDefaults = PresetDefaults {
-    base_url: "",
+    base_url: super::FROM_TOKEN,
     auth_type: AuthType::OAuth2JwtBearer,
     auth_defaults: AuthDefaults {
         token_url: Some("https://login.salesforce.com/services/oauth2/token"),

@@ -347,8 +347,14 @@ impl Validator {
             }
         };
         let base_path = join(path, "base_url");
-        let base_url = self.base_url(&base_path, &base_text);
+        let base_from_token = base_text == FROM_TOKEN;
+        let mut base_url = if base_from_token {
+            None // the token endpoint's origin, once `auth` is read (below)
+        } else {
+            self.base_url(&base_path, &base_text)
+        };
 
+        let raw_auth_given = raw.auth.is_some() || raw.preset.is_some();
         let auth = match raw.auth {
             Some(mut raw_auth) => {
                 let preset_type = raw.preset.map(|p| p.defaults().auth_type);
@@ -379,6 +385,28 @@ impl Validator {
             }
             None => None,
         };
+        if base_from_token {
+            // The API origin comes with each token (`instance_url`); until then, and for the
+            // connection settings, the token endpoint's origin stands in.
+            let token_url = match &auth {
+                Some(Auth::OAuth2ClientCredentials(o)) => Some(&o.token_url),
+                Some(Auth::OAuth2JwtBearer(j)) => Some(&j.token_url),
+                Some(Auth::OAuth2RefreshToken(r)) => Some(&r.token_url),
+                _ => None,
+            };
+            match token_url.and_then(|u| Some((u.scheme_str()?, u.authority()?))) {
+                Some((scheme, authority)) => {
+                    base_url = self.base_url(&base_path, &format!("{scheme}://{authority}"));
+                }
+                None if raw_auth_given => {
+                    self.error(
+                        &base_path,
+                        "`base_url: from_token` takes the API origin from the token answer's `instance_url`: it needs auth type oauth2_jwt_bearer, oauth2_client_credentials or oauth2_refresh_token",
+                    );
+                }
+                None => {}
+            }
+        }
         if let Some(auth) = &auth {
             if let Err(e) = forms::check_auth_secret(auth) {
                 self.error(join(&join(path, "auth"), "secret"), e);
@@ -534,6 +562,7 @@ impl Validator {
             name,
             preset: raw.preset,
             base_url: base_url?,
+            base_from_token,
             auth,
             headers,
             timeout,

@@ -18,7 +18,7 @@
 //! A new credential kind is one module (how to get and apply the credential) plus one arm in
 //! [`Authorizer`].
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
 
 use bytes::Bytes;
@@ -34,6 +34,7 @@ use super::oauth::{Token, TokenSource};
 use super::sign;
 use super::sigv4::{Payload, Plan, Signer};
 use crate::body::BoxBody;
+use crate::client::{Endpoint, HttpClient};
 use crate::config::{Auth, BaseUrl, Upstream};
 use crate::error::ProxyError;
 
@@ -239,9 +240,97 @@ pub(crate) async fn read_capped(
     Ok(chunks)
 }
 
+/// `base_url: from_token` (Salesforce): each attempt goes to the origin its token's answer
+/// named (`instance_url`), through that origin's pool. The origin comes only from the token
+/// endpoint, never from the application; it must be `https://host[:port]` with no path, user
+/// info or query (`http://` only when the token URL itself is cleartext: local mocks).
+pub struct FromToken {
+    upstream: String,
+    client: HttpClient,
+    allow_http: bool,
+    /// The last origin seen and its pool: tokens of one org keep naming the same one.
+    current: Mutex<Option<Arc<Instance>>>,
+}
+
+struct Instance {
+    url: Box<str>,
+    base: BaseUrl,
+    endpoint: Arc<Endpoint>,
+}
+
+impl FromToken {
+    /// `Some` for an upstream with `base_url: from_token`.
+    pub fn new(upstream: &Upstream, client: &HttpClient) -> Option<Self> {
+        upstream.base_from_token.then(|| FromToken {
+            upstream: upstream.name.clone(),
+            client: client.clone(),
+            allow_http: !upstream.base_url.is_https(),
+            current: Mutex::new(None),
+        })
+    }
+
+    fn unusable(&self, why: &str) -> ProxyError {
+        ProxyError::CredentialsUnavailable {
+            upstream: self.upstream.clone(),
+            reason: format!("base_url is from_token, and the token answer {why}"),
+        }
+    }
+
+    fn instance(&self, token: Option<&Token>) -> Result<Arc<Instance>, ProxyError> {
+        let url = token
+            .and_then(Token::instance_url)
+            .ok_or_else(|| self.unusable("carries no instance_url"))?;
+        let mut current = self.current.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(instance) = current.as_ref().filter(|i| &*i.url == url) {
+            return Ok(instance.clone());
+        }
+        let base = instance_base(url, self.allow_http).map_err(|why| self.unusable(why))?;
+        let endpoint = self
+            .client
+            .endpoint(&base.scheme, &base.authority)
+            .map_err(|_| self.unusable("names an instance_url that cannot be dialled"))?;
+        let instance = Arc::new(Instance {
+            url: url.into(),
+            base,
+            endpoint,
+        });
+        *current = Some(instance.clone());
+        Ok(instance)
+    }
+}
+
+/// The origin of an `instance_url`: `https://host[:port]` (a trailing `/` allowed).
+fn instance_base(url: &str, allow_http: bool) -> Result<BaseUrl, &'static str> {
+    const BAD: &str = "names an instance_url that is not an https origin";
+    let uri: Uri = url.parse().map_err(|_| BAD)?;
+    let scheme = uri.scheme().ok_or(BAD)?.clone();
+    let https = scheme == http::uri::Scheme::HTTPS;
+    if !(https || (allow_http && scheme == http::uri::Scheme::HTTP)) {
+        return Err(BAD);
+    }
+    let authority = uri.authority().ok_or(BAD)?.clone();
+    let path_ok = matches!(uri.path(), "" | "/");
+    if authority.as_str().contains('@') || !path_ok || uri.query().is_some() || url.contains('#') {
+        return Err(BAD);
+    }
+    let default_port = if https { 443 } else { 80 };
+    let host = match authority.port_u16() {
+        Some(p) if p == default_port => authority.host().to_string(),
+        _ => authority.as_str().to_string(),
+    };
+    let host_header = http::HeaderValue::from_str(&host).map_err(|_| BAD)?;
+    Ok(BaseUrl {
+        scheme,
+        authority,
+        path: String::new(),
+        host_header,
+    })
+}
+
 pub struct AuthLayer {
     pub authorizer: Arc<Authorizer>,
     pub base: BaseUrl,
+    pub from_token: Option<FromToken>,
 }
 
 impl<S: Service> Layer<S> for AuthLayer {
@@ -251,6 +340,7 @@ impl<S: Service> Layer<S> for AuthLayer {
             inner,
             authorizer: self.authorizer,
             base: self.base,
+            from_token: self.from_token,
         }
     }
 }
@@ -259,6 +349,7 @@ pub struct Authorize<S> {
     inner: S,
     authorizer: Arc<Authorizer>,
     base: BaseUrl,
+    from_token: Option<FromToken>,
 }
 
 impl<S: Service> Service for Authorize<S> {
@@ -267,6 +358,16 @@ impl<S: Service> Service for Authorize<S> {
             .authorizer
             .authorize(&mut attempt.request, attempt.key, attempt.auth, &self.base)
             .await?;
+        if let Some(from_token) = &self.from_token {
+            let instance = from_token.instance(token.as_deref())?;
+            let path_and_query = attempt
+                .request
+                .uri()
+                .path_and_query()
+                .map_or("/", |pq| pq.as_str());
+            *attempt.request.uri_mut() = rebuilt(&instance.base, path_and_query)?;
+            attempt.endpoint = Some(instance.endpoint.clone());
+        }
         let can_refresh = attempt.can_refresh;
         let mut answered = self.inner.call(attempt).await?;
         if let (Some(token), Authorizer::OAuth(source)) = (&token, &*self.authorizer) {
@@ -327,6 +428,7 @@ mod tests {
             .push(AuthLayer {
                 authorizer: Arc::new(authorizer),
                 base: base(),
+                from_token: None,
             })
             .into_inner();
         let progress = Progress::new(None);
@@ -341,6 +443,7 @@ mod tests {
                 progress: &progress,
                 auth: &AuthScope::default(),
                 can_refresh: true,
+                endpoint: None,
             })
             .await
             .unwrap();
@@ -390,6 +493,7 @@ mod tests {
                     access_token: Secret::new(format!("tok{n}")),
                     expires_in: std::time::Duration::from_secs(3600),
                     refresh_margin: None,
+                    instance_url: None,
                 })
             })
         });
@@ -450,5 +554,45 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(chunks, vec![Bytes::from_static(b"0123")]);
+    }
+
+    #[test]
+    fn instance_url_must_be_a_bare_https_origin() {
+        let ok = instance_base("https://acme.my.salesforce.com", false).unwrap();
+        assert_eq!(ok.authority.as_str(), "acme.my.salesforce.com");
+        assert_eq!(ok.host_header, "acme.my.salesforce.com");
+        assert_eq!(ok.path, "");
+        let port = instance_base("https://acme.my.salesforce.com:443/", false).unwrap();
+        assert_eq!(port.host_header, "acme.my.salesforce.com");
+        assert!(instance_base("http://127.0.0.1:8080", true).is_ok());
+        for bad in [
+            "http://acme.my.salesforce.com",
+            "https://user:pw@acme.my.salesforce.com",
+            "https://acme.my.salesforce.com/services",
+            "https://acme.my.salesforce.com?x=1",
+            "https://acme.my.salesforce.com#frag",
+            "acme.my.salesforce.com",
+            "/relative",
+            "ftp://acme.example",
+            "",
+            "https://",
+            "https://exa mple.com",
+        ] {
+            assert!(instance_base(bad, false).is_err(), "{bad}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn instance_base_never_panics_and_keeps_only_bare_origins(
+            text in proptest::string::string_regex("(https?://)?\\PC{0,300}").unwrap(),
+            allow_http: bool,
+        ) {
+            if let Ok(base) = instance_base(&text, allow_http) {
+                proptest::prop_assert!(base.path.is_empty());
+                proptest::prop_assert!(!base.authority.as_str().contains('@'));
+                proptest::prop_assert!(base.is_https() || allow_http);
+            }
+        }
     }
 }

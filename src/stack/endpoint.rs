@@ -64,15 +64,17 @@ impl Service for Send {
             mut request,
             upgrade,
             progress,
+            endpoint,
             ..
         } = attempt;
+        let endpoint = endpoint.as_ref().unwrap_or(&self.endpoint);
         // HTTP/2 interim answers are not reported by hyper: there the body goes at once.
-        if expects_continue(&request) && !self.endpoint.speaks_h2() {
+        if expects_continue(&request) && !endpoint.speaks_h2() {
             gate_body(&mut request);
         }
         progress.on_wire(true);
         let _on_wire = OnWire(progress);
-        let mut response = match self.endpoint.send(request).await {
+        let mut response = match endpoint.send(request).await {
             Ok(response) => response,
             Err(err) => return Err(self.failure(err, progress.body_limit())),
         };

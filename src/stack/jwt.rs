@@ -239,6 +239,7 @@ pub fn parse_installation_token(
         access_token: Secret::new(token),
         expires_in: Duration::from_secs(lifetime),
         refresh_margin: Some(GITHUB_REFRESH_MARGIN),
+        instance_url: None,
     })
 }
 

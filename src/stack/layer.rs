@@ -13,7 +13,7 @@
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -41,6 +41,9 @@ pub struct Attempt<'a> {
     pub auth: &'a AuthScope,
     /// A refused credential may still be refreshed and the request retried once.
     pub can_refresh: bool,
+    /// Another origin's pool than the upstream's own, chosen by the auth layer for
+    /// `base_url: from_token` (the token's `instance_url`); `None`: the upstream's.
+    pub endpoint: Option<Arc<crate::client::Endpoint>>,
 }
 
 /// The upstream's answer on its way out, with what the layers learned.
@@ -223,6 +226,7 @@ mod tests {
                 progress: &progress,
                 auth: &AuthScope::default(),
                 can_refresh: false,
+                endpoint: None,
             })
             .await
             .unwrap();

@@ -304,6 +304,7 @@ mod tests {
                 progress: &progress,
                 auth: &Default::default(),
                 can_refresh: true,
+                endpoint: None,
             })
             .await
     }

@@ -63,6 +63,9 @@ pub struct Token {
     generation: u64,
     refresh_at: Instant,
     usable_until: Instant,
+    /// The token answer's `instance_url` (Salesforce: the org's API origin), as sent; used
+    /// only by an upstream with `base_url: from_token`.
+    instance_url: Option<Box<str>>,
 }
 
 impl Token {
@@ -73,6 +76,10 @@ impl Token {
 
     pub fn usable_until(&self) -> Instant {
         self.usable_until
+    }
+
+    pub fn instance_url(&self) -> Option<&str> {
+        self.instance_url.as_deref()
     }
 }
 
@@ -93,7 +100,12 @@ pub struct Fetched {
     /// Refresh this long before expiry instead of the 10 % / 60 s rule (GitHub App tokens:
     /// 5 minutes before `expires_at`).
     pub refresh_margin: Option<Duration>,
+    /// `instance_url` of the answer, when it has one (at most [`MAX_INSTANCE_URL`] bytes).
+    pub instance_url: Option<Box<str>>,
 }
+
+/// Longest `instance_url` kept from a token answer.
+pub const MAX_INSTANCE_URL: usize = 2048;
 
 /// Why a fetch failed: a message naming the token endpoint and its answer, never a secret.
 type Failure = Arc<str>;
@@ -246,12 +258,17 @@ impl TokenSource {
                 HeaderValue::from_str(&format!("Bearer {}", fetched.access_token.expose()))
                     .map_err(|_| "the access token is not a valid header value".to_string())?;
             header.set_sensitive(true);
-            Ok((header, fetched.expires_in, fetched.refresh_margin))
+            Ok((
+                header,
+                fetched.expires_in,
+                fetched.refresh_margin,
+                fetched.instance_url,
+            ))
         });
         let mut state = self.lock();
         state.fetching = None;
         match token {
-            Ok((header, lifetime, fetched_margin)) => {
+            Ok((header, lifetime, fetched_margin, instance_url)) => {
                 state.generation += 1;
                 let expires_at = started + lifetime;
                 let skew = (lifetime / 50).min(MAX_EXPIRY_SKEW);
@@ -267,6 +284,7 @@ impl TokenSource {
                     generation: state.generation,
                     refresh_at: expires_at - margin,
                     usable_until: expires_at - skew,
+                    instance_url,
                 });
                 state.token = Some(token.clone());
                 state.last_failure = None;
@@ -499,10 +517,16 @@ pub(crate) fn parse_token_response(status: StatusCode, body: &[u8]) -> Result<Fe
             }
         }
     };
+    let instance_url = json
+        .get("instance_url")
+        .and_then(|v| v.as_str())
+        .filter(|u| !u.is_empty() && u.len() <= MAX_INSTANCE_URL)
+        .map(Box::from);
     Ok(Fetched {
         access_token: Secret::new(access_token),
         expires_in,
         refresh_margin: None,
+        instance_url,
     })
 }
 
@@ -540,6 +564,7 @@ mod tests {
                     access_token: Secret::new(format!("tok-{n}")),
                     expires_in: f.lifetime,
                     refresh_margin: None,
+                    instance_url: None,
                 })
             })
         });
@@ -694,6 +719,7 @@ mod tests {
             generation: 1,
             refresh_at: Instant::now(),
             usable_until: Instant::now(),
+            instance_url: None,
         };
         assert!(!format!("{token:?}").contains("sekrit"));
     }

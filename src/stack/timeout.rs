@@ -102,6 +102,7 @@ mod tests {
                 progress: &progress,
                 auth: &AuthScope::default(),
                 can_refresh: false,
+                endpoint: None,
             })
             .await
             .err()
