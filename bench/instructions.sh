@@ -120,7 +120,10 @@ report() { # file requests -> "Ir_per_req mallocs_per_req reallocs_per_req"
     python3 - "$1" "$2" <<'PYEOF'
 import re, sys
 path, n = sys.argv[1], int(sys.argv[2])
-names, cfn, calls, total = {}, None, {"malloc": 0, "realloc": 0, "calloc": 0}, None
+# Allocation entry points of glibc and of jemalloc (tikv-jemallocator's `_rjem_` symbols).
+ALLOCS = {"malloc", "calloc", "_rjem_malloc", "_rjem_mallocx", "_rjem_calloc"}
+REALLOCS = {"realloc", "_rjem_realloc", "_rjem_rallocx"}
+names, cfn, calls, total = {}, None, {"alloc": 0, "realloc": 0}, None
 for line in open(path, errors="replace"):
     m = re.match(r"^cfn=\((\d+)\)(?: (.*))?$", line.rstrip("\n"))
     if m:
@@ -134,11 +137,13 @@ for line in open(path, errors="replace"):
         cfn = None
         continue
     m = re.match(r"^calls=(\d+)", line)
-    if m and cfn in calls:
-        calls[cfn] += int(m.group(1))
+    if m and cfn in ALLOCS:
+        calls["alloc"] += int(m.group(1))
+    elif m and cfn in REALLOCS:
+        calls["realloc"] += int(m.group(1))
     if line.startswith("totals:"):
         total = int(line.split()[1])
-print(f"{total / n:.0f} {(calls['malloc'] + calls['calloc']) / n:.1f} {calls['realloc'] / n:.1f}")
+print(f"{total / n:.0f} {calls['alloc'] / n:.1f} {calls['realloc'] / n:.1f}")
 PYEOF
 }
 declare -A IR MAL REA

@@ -356,8 +356,9 @@ impl UpstreamStack {
 
         // A copy is kept only when some retry is possible at all; with a cap of 0 the body can
         // still go again while none of it was read (a refused connection).
-        let retry_possible = upgrade.is_none()
-            && (self.retry.enabled() || self.authorizer.can_refresh() || self.keys.len() > 1);
+        let one_attempt =
+            !(self.retry.enabled() || self.authorizer.can_refresh() || self.keys.len() > 1);
+        let retry_possible = upgrade.is_none() && !one_attempt;
         let cap = if retry_possible {
             self.retry.config.max_body_bytes
         } else {
@@ -389,7 +390,13 @@ impl UpstreamStack {
             let result = self
                 .chain
                 .call(Attempt {
-                    request: build_request(&parts, &uri, attempt_body),
+                    // With a single attempt possible, it takes the prepared headers: no copy.
+                    request: if one_attempt {
+                        let headers = std::mem::take(&mut parts.headers);
+                        build_request_with(&parts, headers, &uri, attempt_body)
+                    } else {
+                        build_request(&parts, &uri, attempt_body)
+                    },
                     key: 0,
                     upgrade: upgrade.take(),
                     deadline,
@@ -422,6 +429,11 @@ impl UpstreamStack {
             let Decision::Retry { reason, delay } = decision else {
                 return result.map(|answered| self.finish(answered));
             };
+            if one_attempt {
+                // Unreachable by `decide`'s rules (one attempt, no refresh, no pool); the
+                // headers went with the attempt, so never send a second one without them.
+                return result.map(|answered| self.finish(answered));
+            }
             if !self.retry.withdraw() {
                 tracing::debug!(upstream = %self.config.name, "not retrying: retry budget spent");
                 return result.map(|answered| self.finish(answered));
@@ -606,12 +618,22 @@ fn verdict(result: &Result<Response<BoxBody>, ProxyError>, progress: &Progress) 
 
 /// The attempt's request: the prepared parts (cloned: a retry needs them again) and the body.
 fn build_request(parts: &Parts, uri: &Uri, body: BoxBody) -> Request<BoxBody> {
+    build_request_with(parts, parts.headers.clone(), uri, body)
+}
+
+/// The attempt's request with these headers.
+fn build_request_with(
+    parts: &Parts,
+    headers: http::HeaderMap,
+    uri: &Uri,
+    body: BoxBody,
+) -> Request<BoxBody> {
     let mut request = Request::new(body);
     *request.method_mut() = parts.method.clone();
     *request.uri_mut() = uri.clone();
     // The version is the upstream connection's business, not the application's.
     *request.version_mut() = http::Version::HTTP_11;
-    *request.headers_mut() = parts.headers.clone();
+    *request.headers_mut() = headers;
     request
 }
 

@@ -95,17 +95,36 @@ pub fn access(line: &Access<'_>) {
         buf.extend_from_slice(b",\"path\":");
         push_json_str(buf, line.path);
         let micros = line.duration.as_micros();
-        let _ = std::io::Write::write_fmt(
-            buf,
-            format_args!(
-                ",\"status\":{},\"attempts\":{},\"duration_ms\":{}.{:03},\"target\":\"outpost::access\"}}\n",
-                line.status,
-                line.attempts,
-                micros / 1000,
-                micros % 1000
-            ),
-        );
+        buf.extend_from_slice(b",\"status\":");
+        push_decimal(buf, u64::from(line.status));
+        buf.extend_from_slice(b",\"attempts\":");
+        push_decimal(buf, u64::from(line.attempts));
+        buf.extend_from_slice(b",\"duration_ms\":");
+        push_decimal(buf, u64::try_from(micros / 1000).unwrap_or(u64::MAX));
+        let frac = (micros % 1000) as u16;
+        buf.extend_from_slice(&[
+            b'.',
+            b'0' + (frac / 100) as u8,
+            b'0' + (frac / 10 % 10) as u8,
+            b'0' + (frac % 10) as u8,
+        ]);
+        buf.extend_from_slice(b",\"target\":\"outpost::access\"}\n");
     });
+}
+
+/// Append `n` in decimal (the access line's numbers, without `fmt`'s machinery).
+fn push_decimal(buf: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    buf.extend_from_slice(&digits[at..]);
 }
 
 thread_local! {
@@ -232,6 +251,24 @@ pub fn init() -> Option<Guard> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decimals_are_written_like_fmt() {
+        for n in [0, 7, 10, 99, 200, 499, 65_535, 4_294_967_295, u64::MAX] {
+            let mut buf = Vec::new();
+            push_decimal(&mut buf, n);
+            assert_eq!(String::from_utf8(buf).unwrap(), n.to_string());
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn every_decimal_matches_fmt(n: u64) {
+            let mut buf = Vec::new();
+            push_decimal(&mut buf, n);
+            proptest::prop_assert_eq!(String::from_utf8(buf).unwrap(), n.to_string());
+        }
+    }
 
     #[test]
     fn json_strings_are_escaped() {
