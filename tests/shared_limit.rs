@@ -32,12 +32,49 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One upstream `api` with a shared limit; retries off, so every attempt is one request.
 fn shared_config(mock: &MockUpstream, redis_url: &str, instance: &str, limit: &str) -> String {
+    shared_config_on(mock, &format!("redis_url: \"{redis_url}\""), instance, limit)
+}
+
+/// [`shared_config`] on any topology (`target`: `redis_url: …`, `redis_cluster: […]`, …).
+fn shared_config_on(mock: &MockUpstream, target: &str, instance: &str, limit: &str) -> String {
     format!(
         "upstreams:\n  api:\n    base_url: {}\n    headers: {{ X-Instance: {instance} }}\n    \
          retry: {{ max_attempts: 1 }}\n    rate_limit: {{ {limit}, \
-         shared: {{ redis_url: \"{redis_url}\", expected_replicas: 2 }} }}\n",
+         shared: {{ {target}, expected_replicas: 2 }} }}\n",
         mock.url("")
     )
+}
+
+/// Both replicas loaded for 3 s at 40 times a shared 10 rps (burst 1): together they get one
+/// budget, not two, and both are served.
+async fn assert_one_budget(mock: &MockUpstream, a: &Proxy, b: &Proxy, topology: &str) {
+    let from = mock.count();
+    let started = Instant::now();
+    let (ta, tb) = tokio::join!(
+        drive(a, Duration::from_secs(3)),
+        drive(b, Duration::from_secs(3))
+    );
+    let secs = started.elapsed().as_secs_f64();
+    let (ra, rb) = (received(mock, from, "a"), received(mock, from, "b"));
+    let total = ra + rb;
+    println!(
+        "{topology}: configured 10 rps burst 1 over 2 replicas; upstream saw {total} in {secs:.2}s \
+         = {:.2} rps (a {ra}, b {rb}); answers a {ta:?} b {tb:?}",
+        total as f64 / secs
+    );
+    let tally = ta + tb;
+    assert_eq!(tally.failed, 0, "{tally:?}");
+    assert_eq!(tally.ok, total, "every 200 is one upstream request");
+    let ceiling = (10.0 * secs).ceil() as usize + 2;
+    assert!(
+        total <= ceiling,
+        "{topology}: {total} > {ceiling}: the budget is not shared"
+    );
+    assert!(total >= 25, "{topology}: {total}: well below the shared budget");
+    assert!(
+        ra >= 5 && rb >= 5,
+        "{topology}: both replicas are served: a {ra}, b {rb}"
+    );
 }
 
 /// `outpost_rate_limit_shared_degraded{upstream="api"}`.
@@ -611,4 +648,112 @@ async fn key_prefix_separates_budgets_on_one_redis() {
         Some(":0"),
         "the default prefix is not used"
     );
+}
+
+/// A real 3-node Redis Cluster (3 masters, `redis-cli --cluster create`) serves the shared
+/// limit of two replicas: one budget across both, and the bucket's keys on one shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_serves_one_budget_for_two_replicas() {
+    let _serial = SERIAL.lock().await;
+    let cluster = RedisCluster::start().await;
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let target = format!("redis_cluster: [{}]", urls.join(", "));
+    let mock = MockUpstream::ok().await;
+    let a = Proxy::start(&shared_config_on(&mock, &target, "a", LIMIT_10RPS)).await;
+    let b = Proxy::start(&shared_config_on(&mock, &target, "b", LIMIT_10RPS)).await;
+    wait_degraded(&a, 0.0, "proxy a connected to the cluster").await;
+    wait_degraded(&b, 0.0, "proxy b connected to the cluster").await;
+
+    assert_one_budget(&mock, &a, &b, "redis cluster").await;
+    assert_eq!(degraded(&a), Some(0.0));
+    assert_eq!(degraded(&b), Some(0.0));
+    // The bucket lives on the shard of its hash tag; its pause key hashes to the same slot.
+    let (_, exists) = cluster.owner_of("outpost:rl:{api:0}").await;
+    assert!(exists, "the bucket's key is on the node that owns its slot");
+    let node = &cluster.nodes[0];
+    assert_eq!(
+        node.cli(&["cluster", "keyslot", "outpost:rl:{api:0}"]).await,
+        node.cli(&["cluster", "keyslot", "outpost:rl:{api:0}:pause"])
+            .await
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A Sentinel setup (a master, a replica, one `redis-server --sentinel`) serves the shared
+/// limit of two replicas; when the master dies, the sentinel promotes the replica and both
+/// proxies follow it: they run their scripts on the new master, and one replica alone gets the
+/// whole shared budget again (more than its degraded share could give it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_master_serves_one_budget_and_a_failover_moves_it() {
+    let _serial = SERIAL.lock().await;
+    let mut master = RedisServer::start(&[]).await;
+    let master_port = master.port.to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master_port]).await;
+    poll_until("the replica is in sync", || async {
+        replica
+            .cli(&["info", "replication"])
+            .await
+            .contains("master_link_status:up")
+    })
+    .await;
+    let sentinel = Sentinel::start(master.port).await;
+    let replica_port = replica.port.to_string();
+    poll_until("the sentinel knows the replica", || async {
+        redis_cli(sentinel.port, &["sentinel", "replicas", SENTINEL_MASTER])
+            .await
+            .lines()
+            .any(|l| l.trim() == replica_port)
+    })
+    .await;
+    let target = format!(
+        "redis_sentinel: {{ master: {SENTINEL_MASTER}, nodes: [\"{}\"] }}",
+        sentinel.url()
+    );
+    let mock = MockUpstream::ok().await;
+    let a = Proxy::start(&shared_config_on(&mock, &target, "a", LIMIT_10RPS)).await;
+    let b = Proxy::start(&shared_config_on(&mock, &target, "b", LIMIT_10RPS)).await;
+    wait_degraded(&a, 0.0, "proxy a connected to the master").await;
+    wait_degraded(&b, 0.0, "proxy b connected to the master").await;
+    assert_one_budget(&mock, &a, &b, "redis sentinel").await;
+
+    // Failover: the master dies; the sentinel promotes the replica.
+    master.kill();
+    poll_until("the sentinel promoted the replica", || async {
+        sentinel.master_port().await == Some(replica.port)
+    })
+    .await;
+    // Requests go on meanwhile (local share); each proxy notices the dead connection, asks
+    // the sentinel again, and runs its admission script on the new master.
+    for p in [&a, &b] {
+        poll_until("the proxy admits through the new master", || async {
+            let answer = p.get("/api/x").await;
+            assert!(
+                answer.status == 200 || answer.status == 429,
+                "{}",
+                answer.text()
+            );
+            degraded(p) == Some(0.0)
+                && replica
+                    .cli(&["info", "commandstats"])
+                    .await
+                    .contains("cmdstat_evalsha")
+        })
+        .await;
+    }
+    let from = mock.count();
+    let started = Instant::now();
+    let ta = drive(&a, Duration::from_secs(2)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let ra = received(&mock, from, "a");
+    println!("after failover: a alone got {ra} in {secs:.2}s ({ta:?})");
+    assert_eq!(ta.failed, 0, "{ta:?}");
+    assert!(
+        ra as f64 >= 7.5 * secs,
+        "{ra} in {secs:.2}s: the shared 10 rps, not the degraded 5 rps share"
+    );
+    assert!(ra <= (10.0 * secs).ceil() as usize + 2, "{ra}");
+    assert_eq!(degraded(&a), Some(0.0));
+    a.shutdown().await;
+    b.shutdown().await;
 }
