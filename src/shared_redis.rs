@@ -16,8 +16,8 @@
 //!   other error, and the reconnect asks the sentinels again, so the link follows the new master
 //!   as soon as the sentinels have promoted one. Writes acknowledged by the old master but not
 //!   yet replicated are lost in a failover (Redis replication is asynchronous): for the limiter
-//!   a few slots, for the replay guard a few remembered deliveries, for the token store the
-//!   rotation is written before its access token is used, and replicated with `WAIT`.
+//!   a few slots, for the replay guard a few remembered deliveries, for the token store (rarely)
+//!   a just-rotated refresh token.
 //!
 //! # Degraded mode (the same for all three topologies)
 //! Each command has [`COMMAND_TIMEOUT`]. A connection error, a timeout or a server error drops
@@ -41,8 +41,8 @@ use redis::cluster::ClusterClient;
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelNodeConnectionInfo, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisConnectionInfo, RedisFuture,
-    Script, ScriptInvocation, Value,
+    AsyncConnectionConfig, Cmd, FromRedisValue, Pipeline, RedisConnectionInfo, RedisFuture, Script,
+    ScriptInvocation, Value,
 };
 
 use crate::config::RedisTarget;
@@ -204,9 +204,8 @@ impl RedisLink {
         scripts: Vec<Script>,
         degraded_gauge: Option<metrics::Gauge>,
     ) -> Result<RedisLink, String> {
-        let target = Target::build(target).map_err(|e| {
-            format!("{}: {} is not usable: {e}", purpose.what, target.kind())
-        })?;
+        let target = Target::build(target)
+            .map_err(|e| format!("{}: {} is not usable: {e}", purpose.what, target.kind()))?;
         if let Some(g) = &degraded_gauge {
             g.set(1.0);
         }

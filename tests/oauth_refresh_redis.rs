@@ -161,7 +161,11 @@ async fn two_replicas_refresh_once_and_a_restart_uses_the_stored_token() {
     let a = Proxy::start(&yaml).await;
     connected(&a).await;
     assert_eq!(a.get("/xero/x").await.status, 200);
-    assert_eq!(tokens.sent.lock().unwrap().len(), 1, "no refresh on restart");
+    assert_eq!(
+        tokens.sent.lock().unwrap().len(),
+        1,
+        "no refresh on restart"
+    );
 
     // The access token is revoked: A gets a 401, refreshes with the stored rotated token (the
     // seed would be refused), and retries; B then takes A's new token over without refreshing.

@@ -32,7 +32,12 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// One upstream `api` with a shared limit; retries off, so every attempt is one request.
 fn shared_config(mock: &MockUpstream, redis_url: &str, instance: &str, limit: &str) -> String {
-    shared_config_on(mock, &format!("redis_url: \"{redis_url}\""), instance, limit)
+    shared_config_on(
+        mock,
+        &format!("redis_url: \"{redis_url}\""),
+        instance,
+        limit,
+    )
 }
 
 /// [`shared_config`] on any topology (`target`: `redis_url: …`, `redis_cluster: […]`, …).
@@ -70,7 +75,10 @@ async fn assert_one_budget(mock: &MockUpstream, a: &Proxy, b: &Proxy, topology: 
         total <= ceiling,
         "{topology}: {total} > {ceiling}: the budget is not shared"
     );
-    assert!(total >= 25, "{topology}: {total}: well below the shared budget");
+    assert!(
+        total >= 25,
+        "{topology}: {total}: well below the shared budget"
+    );
     assert!(
         ra >= 5 && rb >= 5,
         "{topology}: both replicas are served: a {ra}, b {rb}"
@@ -672,7 +680,8 @@ async fn a_redis_cluster_serves_one_budget_for_two_replicas() {
     assert!(exists, "the bucket's key is on the node that owns its slot");
     let node = &cluster.nodes[0];
     assert_eq!(
-        node.cli(&["cluster", "keyslot", "outpost:rl:{api:0}"]).await,
+        node.cli(&["cluster", "keyslot", "outpost:rl:{api:0}"])
+            .await,
         node.cli(&["cluster", "keyslot", "outpost:rl:{api:0}:pause"])
             .await
     );

@@ -108,7 +108,10 @@ async fn a_delivery_retried_to_another_replica_is_forwarded_once() {
     assert_eq!(retried.status, 200, "{}", retried.text());
     assert!(retried.header("x-outpost-replayed").is_none());
     assert_eq!(app.count(), 4);
-    assert_eq!(deliver(&a, "d-fail").await.header("x-outpost-replayed"), Some("true"));
+    assert_eq!(
+        deliver(&a, "d-fail").await.header("x-outpost-replayed"),
+        Some("true")
+    );
 
     // 4. Redis down: deliveries are still forwarded (never refused, never lost), and each
     //    replica's local guard still recognizes its own replays.
@@ -121,7 +124,10 @@ async fn a_delivery_retried_to_another_replica_is_forwarded_once() {
         degraded(&a) == Some(1.0)
     })
     .await;
-    assert_eq!(deliver(&a, "d-3").await.header("x-outpost-replayed"), Some("true"));
+    assert_eq!(
+        deliver(&a, "d-3").await.header("x-outpost-replayed"),
+        Some("true")
+    );
     assert_eq!(app.count(), 5);
     let answer = deliver(&b, "d-4").await;
     assert_eq!(answer.status, 200, "{}", answer.text());
@@ -139,7 +145,10 @@ async fn a_delivery_retried_to_another_replica_is_forwarded_once() {
     }
     let before = app.count();
     assert_eq!(deliver(&a, "d-5").await.status, 200);
-    assert_eq!(deliver(&b, "d-5").await.header("x-outpost-replayed"), Some("true"));
+    assert_eq!(
+        deliver(&b, "d-5").await.header("x-outpost-replayed"),
+        Some("true")
+    );
     assert_eq!(app.count(), before + 1);
     a.shutdown().await;
     b.shutdown().await;

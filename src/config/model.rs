@@ -324,7 +324,10 @@ pub enum TokenStore {
     File(PathBuf),
     /// `redis_url | redis_cluster | redis_sentinel`, `key?`: shared by replicas, which take
     /// turns refreshing under a lock. `key` defaults to the upstream's name.
-    Redis { redis: RedisTarget, key: Option<String> },
+    Redis {
+        redis: RedisTarget,
+        key: Option<String>,
+    },
 }
 
 /// Where a Redis is: exactly one of `redis_url`, `redis_cluster`, `redis_sentinel`. URLs may

@@ -687,7 +687,10 @@ fn shared_state_takes_one_of_three_redis_topologies() {
     let e = one_error(&format!(
         "{SHARED_API}        redis_sentinel: {{ master: m, nodes: [\"redis://a\"], port: 1 }}\n"
     ));
-    assert!(e.contains("unknown field `port`") && e.contains(":8:"), "{e}");
+    assert!(
+        e.contains("unknown field `port`") && e.contains(":8:"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -697,16 +700,27 @@ fn webhook_shared_keeps_the_replay_guard_in_redis() {
     };
     let c = load(&hook("")).unwrap();
     assert_eq!(c.webhooks[0].shared, None);
-    let c = load(&hook("    shared: { redis_url: \"redis://127.0.0.1:6379\" }\n")).unwrap();
-    assert_eq!(c.webhooks[0].shared.as_ref().map(|t| t.kind()), Some("redis_url"));
+    let c = load(&hook(
+        "    shared: { redis_url: \"redis://127.0.0.1:6379\" }\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.webhooks[0].shared.as_ref().map(|t| t.kind()),
+        Some("redis_url")
+    );
     let c = load(&hook(
         "    shared: { redis_cluster: [\"redis://127.0.0.1:7000\"] }\n",
     ))
     .unwrap();
-    assert_eq!(c.webhooks[0].shared.as_ref().map(|t| t.kind()), Some("redis_cluster"));
+    assert_eq!(
+        c.webhooks[0].shared.as_ref().map(|t| t.kind()),
+        Some("redis_cluster")
+    );
     let e = one_error(&hook("    shared: {}\n"));
     assert!(e.contains("webhooks.gh.shared") && e.contains(":8:"), "{e}");
-    let e = one_error(&hook("    shared: { redis_url: \"redis://x\", key_prefix: a }\n"));
+    let e = one_error(&hook(
+        "    shared: { redis_url: \"redis://x\", key_prefix: a }\n",
+    ));
     assert!(e.contains("unknown field `key_prefix`"), "{e}");
 }
 
@@ -723,7 +737,9 @@ fn refresh_token_store_takes_a_file_or_a_redis() {
         store(&with("{ file: /var/lib/outpost/x.json }")),
         TokenStore::File("/var/lib/outpost/x.json".into())
     );
-    match store(&with("{ redis_url: \"redis://127.0.0.1\", key: \"team-a:xero\" }")) {
+    match store(&with(
+        "{ redis_url: \"redis://127.0.0.1\", key: \"team-a:xero\" }",
+    )) {
         TokenStore::Redis { redis, key } => {
             assert_eq!(redis.kind(), "redis_url");
             assert_eq!(key.as_deref(), Some("team-a:xero"));
@@ -737,11 +753,20 @@ fn refresh_token_store_takes_a_file_or_a_redis() {
         other => panic!("{other:?}"),
     }
     for (bad, want) in [
-        ("{ file: /tmp/x, redis_url: \"redis://127.0.0.1\" }", "not both"),
+        (
+            "{ file: /tmp/x, redis_url: \"redis://127.0.0.1\" }",
+            "not both",
+        ),
         ("{ }", "needs `file: PATH`"),
         ("{ file: /tmp/x, key: k }", "only to a Redis store"),
-        ("{ redis_url: \"redis://127.0.0.1\", key: \"a}b\" }", "without spaces or braces"),
-        ("{ redis_url: \"redis://127.0.0.1\", redis_cluster: [\"redis://b\"] }", "exactly one"),
+        (
+            "{ redis_url: \"redis://127.0.0.1\", key: \"a}b\" }",
+            "without spaces or braces",
+        ),
+        (
+            "{ redis_url: \"redis://127.0.0.1\", redis_cluster: [\"redis://b\"] }",
+            "exactly one",
+        ),
     ] {
         let e = one_error(&with(bad));
         assert!(e.contains(want) && e.contains(":10:"), "{bad}: {e}");

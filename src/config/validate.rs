@@ -944,7 +944,8 @@ impl Validator {
                 let key_ok = key.as_deref().is_none_or(|k| {
                     let ok = !k.is_empty()
                         && k.len() <= 128
-                        && k.bytes().all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+                        && k.bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
                     if !ok {
                         self.error(
                             join(&store_path, "key"),
@@ -1129,12 +1130,8 @@ impl Validator {
         let shared = match raw.shared {
             Some(s) => {
                 let spath = join(path, "shared");
-                let redis = self.redis_target(
-                    &spath,
-                    s.redis_url,
-                    s.redis_cluster,
-                    s.redis_sentinel,
-                )?;
+                let redis =
+                    self.redis_target(&spath, s.redis_url, s.redis_cluster, s.redis_sentinel)?;
                 let expected_replicas = s.expected_replicas.unwrap_or(DEFAULT_EXPECTED_REPLICAS);
                 if expected_replicas == 0 {
                     self.error(join(&spath, "expected_replicas"), "must be at least 1");

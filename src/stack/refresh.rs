@@ -36,9 +36,9 @@ use tokio::time::Instant;
 use super::oauth::{
     display_url, exchange, form_encode, parse_token_response, Fetched, Fetcher, TokenSource,
 };
+use super::token_store::{RedisTokenStore, SharedState};
 use crate::body::full;
 use crate::client::HttpClient;
-use super::token_store::{RedisTokenStore, SharedState};
 use crate::config::{ClientAuth, RefreshToken, Secret, TokenStore};
 use crate::metrics::UpstreamMetrics;
 
@@ -155,7 +155,7 @@ impl FileStore {
 /// Where the rotated refresh token is kept.
 enum Store {
     File(FileStore),
-    Redis(RedisTokenStore),
+    Redis(Box<RedisTokenStore>),
 }
 
 /// The token endpoint's answer to one refresh.
@@ -454,13 +454,13 @@ pub fn source(
     };
     let store = match &config.store {
         TokenStore::File(path) => Store::File(FileStore::new(path.clone(), &config.refresh_token)),
-        TokenStore::Redis { redis, key } => Store::Redis(RedisTokenStore::new(
+        TokenStore::Redis { redis, key } => Store::Redis(Box::new(RedisTokenStore::new(
             upstream,
             redis,
             key.as_deref(),
             &config.refresh_token,
             metrics,
-        )?),
+        )?)),
     };
     let refresher = Arc::new(Refresher {
         upstream: upstream.to_string(),

@@ -48,9 +48,9 @@ use std::time::Duration;
 
 use redis::Script;
 
-pub use crate::shared_redis::COMMAND_TIMEOUT;
 use crate::config::{RateLimit, SharedLimit, Upstream};
 use crate::metrics::{UpstreamMetrics, RATE_LIMIT_SHARED_DEGRADED};
+pub use crate::shared_redis::COMMAND_TIMEOUT;
 use crate::shared_redis::{OwnerKind, Purpose, RedisLink};
 
 /// Prefix of every key the shared limiter writes.
@@ -285,7 +285,9 @@ mod tests {
     #[test]
     fn keys_carry_prefix_upstream_key_and_a_hash_tag() {
         let shared = SharedLimit {
-            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new("redis://127.0.0.1:1")),
+            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new(
+                "redis://127.0.0.1:1",
+            )),
             expected_replicas: 2,
             key_prefix: "outpost:rl:".into(),
         };
@@ -301,7 +303,9 @@ mod tests {
     #[test]
     fn an_unusable_url_is_a_build_error_that_does_not_echo_it() {
         let shared = SharedLimit {
-            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new("redis://user:s3cret@[::1")),
+            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new(
+                "redis://user:s3cret@[::1",
+            )),
             expected_replicas: 2,
             key_prefix: "outpost:rl:".into(),
         };
@@ -315,7 +319,9 @@ mod tests {
     async fn unreachable_redis_answers_none_at_once() {
         // Port 1 on loopback refuses connections.
         let shared = SharedLimit {
-            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new("redis://127.0.0.1:1")),
+            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new(
+                "redis://127.0.0.1:1",
+            )),
             expected_replicas: 2,
             key_prefix: "outpost:rl:".into(),
         };

@@ -114,7 +114,12 @@ impl SharedReplay {
 
     /// Claim the delivery's keys for `pending_for` under `claim_id`; `None`: Redis did not
     /// answer (use the local guard alone).
-    pub async fn claim(&self, keys: &[Key], pending_for: Duration, claim_id: &str) -> Option<Claim> {
+    pub async fn claim(
+        &self,
+        keys: &[Key],
+        pending_for: Duration,
+        claim_id: &str,
+    ) -> Option<Claim> {
         let mut invocation = self.claim.prepare_invoke();
         for k in self.keys(keys) {
             invocation.key(k);
