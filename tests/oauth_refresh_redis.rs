@@ -121,12 +121,19 @@ async fn two_replicas_refresh_once_and_a_restart_uses_the_stored_token() {
     connected(&a).await;
     connected(&b).await;
 
-    // 200 concurrent cold requests, split over both replicas: one refresh in all.
+    // 200 concurrent cold requests, split over both replicas: one refresh in all. (Their own
+    // client, dropped afterwards: a connection its pool opened but never used would hold a
+    // proxy's drain until `header_read_timeout`.)
+    let client = http1_client();
     let calls = (0..200).map(|i| {
         let proxy = if i % 2 == 0 { &a } else { &b };
-        proxy.get("/xero/api.xro/2.0/Invoices")
+        let req = http::Request::get(proxy.url("/xero/api.xro/2.0/Invoices"))
+            .body(empty())
+            .unwrap();
+        send(&client, req)
     });
     let answers = join_all(calls).await;
+    drop(client);
     for answer in &answers {
         assert_eq!(answer.status, 200, "{}", answer.text());
     }
@@ -261,4 +268,56 @@ async fn invalid_grant_stops_every_replica_and_no_redis_means_no_refresh() {
     for p in [a, b, c] {
         p.shutdown().await;
     }
+}
+
+/// A damaged store (fields that are not numbers, a stored access token without an expiry) is
+/// refreshed over: requests are served and the next write repairs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_store_is_refreshed_over() {
+    use sha2::Digest;
+    let redis = RedisServer::start(&[]).await;
+    let tokens = rotating("rt-seed-d", Duration::ZERO).await;
+    let api = MockUpstream::start(api(Arc::default())).await;
+    let seed = hex::encode(sha2::Sha256::digest(b"rt-seed-d"));
+    let out = redis
+        .cli(&[
+            "hset",
+            "outpost:rt:{xero}",
+            "seed",
+            &seed,
+            "refresh_token",
+            "rt-seed-d",
+            "access_token",
+            "at-junk",
+            "expires_at",
+            "soon",
+            "generation",
+            "1.5e400",
+        ])
+        .await;
+    assert_eq!(out.trim(), "5", "{out}");
+    let a = Proxy::start(&config(
+        &api.url(""),
+        &tokens.mock.url("/token"),
+        "rt-seed-d",
+        &redis.url(),
+    ))
+    .await;
+    connected(&a).await;
+    let answer = a.get("/xero/x").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(*tokens.sent.lock().unwrap(), vec!["rt-seed-d".to_string()]);
+    assert_eq!(
+        redis
+            .cli(&["hget", "outpost:rt:{xero}", "generation"])
+            .await
+            .trim(),
+        "1"
+    );
+    assert_eq!(
+        store_degraded(&a),
+        Some(0.0),
+        "no script failed on the damage"
+    );
+    a.shutdown().await;
 }

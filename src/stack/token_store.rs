@@ -36,14 +36,18 @@ use crate::shared_redis::{OwnerKind, Purpose, RedisLink};
 pub const KEY_PREFIX: &str = "outpost:rt:";
 
 /// KEYS: state. Returns `{seed, refresh_token, access_token, ms left (-1: none), generation,
-/// dead}`, empty strings for missing fields.
+/// dead}`, empty strings for missing fields; fields that are not numbers (someone else wrote
+/// the hash) read as missing, so a damaged store is refreshed over rather than stuck.
 const READ_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local v = redis.call('HMGET', KEYS[1], 'seed', 'refresh_token', 'access_token', 'expires_at', 'generation', 'dead')
 local left = -1
-if v[3] and v[4] then left = tonumber(v[4]) - now end
-return {v[1] or '', v[2] or '', v[3] or '', left, tonumber(v[5] or 0), v[6] or ''}
+local expires = tonumber(v[4])
+if v[3] and expires then left = math.floor(expires - now) end
+local generation = tonumber(v[5]) or 0
+if generation < 0 or generation ~= math.floor(generation) then generation = 0 end
+return {v[1] or '', v[2] or '', v[3] or '', left, generation, v[6] or ''}
 "#;
 
 /// KEYS: state, lock. ARGV: seed, refresh token, access token, lifetime ms, lock token.
@@ -55,6 +59,10 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'seed', ARGV[1], 'refresh_token', ARGV[2], 'access_token', ARGV[3],
   'expires_at', string.format('%.0f', now + tonumber(ARGV[4])))
 redis.call('HDEL', KEYS[1], 'dead')
+local g0 = tonumber(redis.call('HGET', KEYS[1], 'generation'))
+if not g0 or g0 < 0 or g0 ~= math.floor(g0) or g0 > 2^52 then
+  redis.call('HSET', KEYS[1], 'generation', '0')
+end
 local g = redis.call('HINCRBY', KEYS[1], 'generation', 1)
 if redis.call('GET', KEYS[2]) == ARGV[5] then redis.call('DEL', KEYS[2]) end
 return g

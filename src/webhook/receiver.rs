@@ -443,8 +443,11 @@ impl Receiver {
         }
         // The shared guard: another replica may have forwarded (or be forwarding) this
         // delivery. Without an answer from Redis the local guard alone decides.
-        let claim_id = uuid::Uuid::new_v4().simple().to_string();
         let shared = route.shared.as_ref();
+        let claim_id = match shared {
+            Some(_) => uuid::Uuid::new_v4().simple().to_string(),
+            None => String::new(),
+        };
         if let Some(shared) = shared {
             if let Some(claim) = shared.claim(&keys, pending_for, &claim_id).await {
                 if let Some(answer) = claim_answer(claim, request_id) {
