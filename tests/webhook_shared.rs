@@ -40,14 +40,16 @@ fn delivery(id: &str) -> (Vec<(String, String)>, Vec<u8>) {
     (headers, body)
 }
 
-async fn deliver(proxy: &Proxy, id: &str) -> Answer {
+/// `provider` is the provider's client: the test drops it before the proxies shut down (a
+/// connection its pool opened but never used would hold a drain until `header_read_timeout`).
+async fn deliver(provider: &HttpClient, proxy: &Proxy, id: &str) -> Answer {
     let (headers, body) = delivery(id);
     let addr = proxy.app().webhook_addr().expect("webhook listener");
     let mut req = Request::post(format!("http://{addr}/gh"));
     for (name, value) in &headers {
         req = req.header(name.as_str(), value.as_str());
     }
-    send(&proxy.client, req.body(full(body)).unwrap()).await
+    send(provider, req.body(full(body)).unwrap()).await
 }
 
 fn degraded(proxy: &Proxy) -> Option<f64> {
@@ -73,23 +75,24 @@ async fn a_delivery_retried_to_another_replica_is_forwarded_once() {
     .await;
     let a = Proxy::start(&config(&app, &redis.url())).await;
     let b = Proxy::start(&config(&app, &redis.url())).await;
+    let provider = http1_client();
     for p in [&a, &b] {
         poll_until("connected to redis", || async { degraded(p) == Some(0.0) }).await;
     }
 
     // 1. Delivered to A, retried to B: the application receives it once; B answers 200
     //    (a replay) so the provider stops retrying.
-    let first = deliver(&a, "d-1").await;
+    let first = deliver(&provider, &a, "d-1").await;
     assert_eq!(first.status, 200, "{}", first.text());
     assert!(first.header("x-outpost-replayed").is_none());
-    let retried = deliver(&b, "d-1").await;
+    let retried = deliver(&provider, &b, "d-1").await;
     assert_eq!(retried.status, 200, "{}", retried.text());
     assert_eq!(retried.header("x-outpost-replayed"), Some("true"));
     assert_eq!(app.count(), 1, "forwarded exactly once");
 
     // 2. The same delivery to both replicas at once: one forward; the other copy is a replay
     //    or "in progress" (409, retryable), never a second forward.
-    let (x, y) = tokio::join!(deliver(&a, "d-2"), deliver(&b, "d-2"));
+    let (x, y) = tokio::join!(deliver(&provider, &a, "d-2"), deliver(&provider, &b, "d-2"));
     let mut statuses = [x.status.as_u16(), y.status.as_u16()];
     statuses.sort();
     assert!(
@@ -102,21 +105,23 @@ async fn a_delivery_retried_to_another_replica_is_forwarded_once() {
 
     // 3. The application fails A's forward (503): the claim is released in Redis too, so the
     //    provider's retry to B is forwarded.
-    let failed = deliver(&a, "d-fail").await;
+    let failed = deliver(&provider, &a, "d-fail").await;
     assert_eq!(failed.status, 503);
-    let retried = deliver(&b, "d-fail").await;
+    let retried = deliver(&provider, &b, "d-fail").await;
     assert_eq!(retried.status, 200, "{}", retried.text());
     assert!(retried.header("x-outpost-replayed").is_none());
     assert_eq!(app.count(), 4);
     assert_eq!(
-        deliver(&a, "d-fail").await.header("x-outpost-replayed"),
+        deliver(&provider, &a, "d-fail")
+            .await
+            .header("x-outpost-replayed"),
         Some("true")
     );
 
     // 4. Redis down: deliveries are still forwarded (never refused, never lost), and each
     //    replica's local guard still recognizes its own replays.
     redis.kill();
-    let answer = deliver(&a, "d-3").await;
+    let answer = deliver(&provider, &a, "d-3").await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert!(answer.header("x-outpost-replayed").is_none());
     assert_eq!(app.count(), 5);
@@ -125,11 +130,13 @@ async fn a_delivery_retried_to_another_replica_is_forwarded_once() {
     })
     .await;
     assert_eq!(
-        deliver(&a, "d-3").await.header("x-outpost-replayed"),
+        deliver(&provider, &a, "d-3")
+            .await
+            .header("x-outpost-replayed"),
         Some("true")
     );
     assert_eq!(app.count(), 5);
-    let answer = deliver(&b, "d-4").await;
+    let answer = deliver(&provider, &b, "d-4").await;
     assert_eq!(answer.status, 200, "{}", answer.text());
     assert_eq!(app.count(), 6);
 
@@ -138,18 +145,21 @@ async fn a_delivery_retried_to_another_replica_is_forwarded_once() {
     for p in [&a, &b] {
         poll_until("reconnected", || async {
             // A delivery makes a replica notice its dead connection.
-            let _ = deliver(p, "d-poke").await;
+            let _ = deliver(&provider, p, "d-poke").await;
             degraded(p) == Some(0.0)
         })
         .await;
     }
     let before = app.count();
-    assert_eq!(deliver(&a, "d-5").await.status, 200);
+    assert_eq!(deliver(&provider, &a, "d-5").await.status, 200);
     assert_eq!(
-        deliver(&b, "d-5").await.header("x-outpost-replayed"),
+        deliver(&provider, &b, "d-5")
+            .await
+            .header("x-outpost-replayed"),
         Some("true")
     );
     assert_eq!(app.count(), before + 1);
+    drop(provider);
     a.shutdown().await;
     b.shutdown().await;
 }
