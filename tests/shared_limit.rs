@@ -766,3 +766,36 @@ async fn a_sentinel_master_serves_one_budget_and_a_failover_moves_it() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+/// `redis_sentinel.password` is the master's own password (the sentinel has its `auth-pass`):
+/// the limiter connects to a password-protected master found through the sentinel.
+#[tokio::test]
+async fn a_sentinel_password_reaches_the_master() {
+    let _serial = SERIAL.lock().await;
+    let master = RedisServer::start(&["--requirepass", "master-pw-3141"]).await;
+    let sentinel = Sentinel::start_with(master.port, Some("master-pw-3141")).await;
+    let shared = SharedLimit {
+        redis: RedisTarget::Sentinel(outpost::config::RedisSentinel {
+            master: SENTINEL_MASTER.into(),
+            nodes: vec![outpost::config::Secret::new(sentinel.url())],
+            password: Some(outpost::config::Secret::new("master-pw-3141")),
+        }),
+        expected_replicas: 2,
+        key_prefix: "outpost:rl:".into(),
+    };
+    let rl = rate(1000.0, 1000, Some(shared.clone()));
+    let store = SharedStore::new("api", &rl, &shared, "outpost:rl:", None).unwrap();
+    let limiter = Limiter::with_shared(Some(&rl), None, Some(store.bucket(0)));
+    poll_until("connected through the sentinel", || async {
+        !store.is_degraded()
+    })
+    .await;
+    limiter.acquire(None).await.expect("admitted through redis");
+    let exists = redis_command(
+        master.port,
+        Some("master-pw-3141"),
+        &["EXISTS", "outpost:rl:{api:0}"],
+    )
+    .await;
+    assert_eq!(exists.as_deref(), Some(":1"), "the bucket is on the master");
+}

@@ -219,6 +219,11 @@ pub const SENTINEL_MASTER: &str = "mymaster";
 
 impl Sentinel {
     pub async fn start(master_port: u16) -> Sentinel {
+        Self::start_with(master_port, None).await
+    }
+
+    /// With the master's password (`sentinel auth-pass`), for a master with `requirepass`.
+    pub async fn start_with(master_port: u16, master_password: Option<&str>) -> Sentinel {
         let dir = TempDir::new("sentinel");
         let port = free_port();
         let conf = dir.path.join("sentinel.conf");
@@ -229,8 +234,11 @@ impl Sentinel {
                  sentinel monitor {SENTINEL_MASTER} 127.0.0.1 {master_port} 1\n\
                  sentinel down-after-milliseconds {SENTINEL_MASTER} 1000\n\
                  sentinel failover-timeout {SENTINEL_MASTER} 5000\n\
-                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n",
-                dir.path.display()
+                 sentinel parallel-syncs {SENTINEL_MASTER} 1\n{}",
+                dir.path.display(),
+                master_password.map_or(String::new(), |pw| format!(
+                    "sentinel auth-pass {SENTINEL_MASTER} {pw}\n"
+                ))
             ),
         )
         .unwrap();
