@@ -4,7 +4,7 @@
 use std::fmt::Write;
 
 use crate::config::units::{format_duration, format_size};
-use crate::config::{Auth, Config, HttpMode, Upstream};
+use crate::config::{Auth, Config, HttpMode, TokenStore, Upstream};
 
 /// Config features parsed and validated, whose behaviour is not active in this build.
 /// Each is named in `check` output when a config uses it, instead of being silently ignored.
@@ -21,6 +21,12 @@ fn auth_summary(up: &Upstream) -> String {
         }
         Some(Auth::Header { name, .. }) => format!("header {name}"),
         Some(Auth::Query { name, .. }) => format!("query {name}"),
+        Some(Auth::OAuth2RefreshToken(r)) => match &r.store {
+            TokenStore::File(_) => "oauth2_refresh_token (store file)".into(),
+            TokenStore::Redis { redis, .. } => {
+                format!("oauth2_refresh_token (store {})", redis.kind())
+            }
+        },
         Some(auth) => auth.kind().name().to_string(),
     }
 }
@@ -39,8 +45,8 @@ fn rate_summary(up: &Upstream) -> String {
     if let Some(n) = rl.max_in_flight {
         let _ = write!(s, " in-flight {n}");
     }
-    if rl.shared.is_some() {
-        s.push_str(" shared");
+    if let Some(shared) = &rl.shared {
+        let _ = write!(s, " shared ({})", shared.redis.kind());
     }
     s
 }
@@ -181,6 +187,9 @@ pub fn summary(config: &Config) -> String {
                     format!("{} secret(s)", w.secrets.len()),
                     format_duration(w.tolerance),
                     w.forward_to.to_string(),
+                    w.shared
+                        .as_ref()
+                        .map_or("local".into(), |t| format!("local + {}", t.kind())),
                 ]
             })
             .collect();
@@ -192,6 +201,7 @@ pub fn summary(config: &Config) -> String {
                 "secrets",
                 "tolerance",
                 "forward to",
+                "replay guard",
             ],
             &rows,
         ));
@@ -220,3 +230,23 @@ pub fn summary(config: &Config) -> String {
 }
 
 const WEBHOOKS_ACTIVE: bool = true;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_summary_names_each_redis_topology_and_never_a_url() {
+        let yaml = "version: 1\nupstreams:\n  api:\n    base_url: https://x.example\n    rate_limit: { requests_per_second: 5, shared: { redis_cluster: [\"redis://:pw-CANARY@10.0.0.1:7000\"] } }\n  xero:\n    base_url: https://api.xero.com\n    auth: { type: oauth2_refresh_token, token_url: https://t.example/token, client_id: a, refresh_token: rt-CANARY, store: { redis_sentinel: { master: m, nodes: [\"redis://:pw-CANARY@10.0.0.2:26379\"] } } }\nwebhooks:\n  gh: { path: /gh, scheme: github, secrets: [s-CANARY], forward_to: \"http://127.0.0.1:3000/\", shared: { redis_url: \"redis://:pw-CANARY@10.0.0.3\" } }\n";
+        let config =
+            crate::config::load_str(yaml, std::path::Path::new("/etc/outpost/proxy.yaml")).unwrap();
+        let out = summary(&config);
+        assert!(out.contains("shared (redis_cluster)"), "{out}");
+        assert!(
+            out.contains("oauth2_refresh_token (store redis_sentinel)"),
+            "{out}"
+        );
+        assert!(out.contains("local + redis_url"), "{out}");
+        assert!(!out.contains("CANARY"), "{out}");
+    }
+}

@@ -21,6 +21,7 @@ pub mod proxy;
 pub mod reload;
 pub mod route;
 pub mod server;
+pub mod shared_redis;
 pub mod stack;
 pub mod telemetry;
 pub mod webhook;

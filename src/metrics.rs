@@ -22,6 +22,12 @@ pub const AUTH_KEY_HEALTHY: &str = "outpost_auth_key_healthy";
 /// Extension: 1 while an upstream's shared (Redis) rate limit is not reachable and each replica
 /// limits itself to `rate / expected_replicas`.
 pub const RATE_LIMIT_SHARED_DEGRADED: &str = "outpost_rate_limit_shared_degraded";
+/// Extension: 1 while a webhook's shared (Redis) replay guard is unreachable and this replica
+/// guards against replays with its local cache only.
+pub const WEBHOOK_REPLAY_SHARED_DEGRADED: &str = "outpost_webhook_replay_shared_degraded";
+/// Extension: 1 while an `oauth2_refresh_token` upstream's Redis token store is unreachable
+/// (no refresh then; cached access tokens are used until they expire).
+pub const TOKEN_STORE_DEGRADED: &str = "outpost_token_store_degraded";
 /// Log lines dropped because the log sink (stderr) was slower than the proxy (DESIGN.md).
 pub const LOG_LINES_DROPPED_TOTAL: &str = "outpost_log_lines_dropped_total";
 
@@ -41,6 +47,8 @@ pub const ALL: &[&str] = &[
     RATE_LIMIT_QUEUED,
     AUTH_KEY_HEALTHY,
     RATE_LIMIT_SHARED_DEGRADED,
+    WEBHOOK_REPLAY_SHARED_DEGRADED,
+    TOKEN_STORE_DEGRADED,
     LOG_LINES_DROPPED_TOTAL,
 ];
 
@@ -185,6 +193,18 @@ impl Metrics {
             d(RATE_LIMIT_SHARED_DEGRADED),
             None,
             "1 while the shared (Redis) rate limit is unreachable and the local fallback limits."
+                .into(),
+        );
+        r.describe_gauge(
+            d(WEBHOOK_REPLAY_SHARED_DEGRADED),
+            None,
+            "1 while a webhook's shared (Redis) replay guard is unreachable and the local guard alone applies."
+                .into(),
+        );
+        r.describe_gauge(
+            d(TOKEN_STORE_DEGRADED),
+            None,
+            "1 while a refresh token's Redis store is unreachable (no refresh until it is back)."
                 .into(),
         );
     }

@@ -51,6 +51,7 @@ pub mod shared;
 pub mod sign;
 pub mod sigv4;
 pub mod timeout;
+pub mod token_store;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -182,7 +183,7 @@ impl UpstreamStack {
                 token_client(&config, &client, refresh_token.client_cert.as_ref())?,
                 timeout,
                 &upstream_metrics,
-            )),
+            )?),
             (Some(Auth::GithubApp(app)), None) => Some(jwt::github_source(
                 &config.name,
                 app,

@@ -148,11 +148,11 @@ async fn invalid_grant_is_503_without_a_refresh_loop() {
 }
 
 #[tokio::test]
-async fn a_store_that_is_not_a_file_is_a_config_error() {
+async fn a_store_with_both_a_file_and_a_redis_is_a_config_error() {
     let dir = TempDir::new("refresh-cfg");
     let path = dir.write(
         "proxy.yaml",
-        "version: 1\nupstreams:\n  x:\n    base_url: https://api.example.com\n    auth: { type: oauth2_refresh_token, token_url: https://t.example/token, client_id: a, refresh_token: rt-canary, store: { redis_url: \"redis://127.0.0.1\" } }\n",
+        "version: 1\nupstreams:\n  x:\n    base_url: https://api.example.com\n    auth: { type: oauth2_refresh_token, token_url: https://t.example/token, client_id: a, refresh_token: rt-canary, store: { file: /tmp/t.json, redis_url: \"redis://127.0.0.1\" } }\n",
     );
     let run = outpost(&["check", "-c", &path.display().to_string()], &[], None).await;
     assert_eq!(run.code, Some(1), "{}", run.stderr);

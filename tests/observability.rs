@@ -278,6 +278,15 @@ async fn leak_scenario(format: Option<&str>) {
             base_url: {ok}
             http: http2
             auth: {{ type: bearer, token: "${{file:{key_file}}}" }}
+          on_cluster:
+            base_url: {ok}
+            rate_limit: {{ requests_per_second: 100, shared: {{ redis_cluster: ["redis://:{CANARY_BASIC}@127.0.0.1:{dead}"] }} }}
+          on_sentinel:
+            base_url: {ok}
+            rate_limit: {{ requests_per_second: 100, shared: {{ redis_sentinel: {{ master: m, nodes: ["redis://:{CANARY_BASIC}@127.0.0.1:{dead}"], password: "${{env:OUTPOST_TEST_CANARY}}" }} }} }}
+          tokens:
+            base_url: {ok}
+            auth: {{ type: oauth2_refresh_token, token_url: "{ok}/token", client_id: app, refresh_token: "${{env:OUTPOST_TEST_CANARY}}", store: {{ redis_url: "redis://:{CANARY_BASIC}@127.0.0.1:{dead}" }} }}
         "#,
         ok = ok.url(""),
         denied = denied.url(""),
@@ -311,6 +320,15 @@ async fn leak_scenario(format: Option<&str>) {
         ("dot segment", false, "GET", "/ok/%2e%2e/denied", 400),
         ("h2c client", true, "POST", "/ok/v1/h2", 200),
         ("h2 upstream", false, "GET", "/h2/v1/x", 200),
+        ("redis cluster down", false, "GET", "/on_cluster/v1/x", 200),
+        (
+            "redis sentinel down",
+            false,
+            "GET",
+            "/on_sentinel/v1/x",
+            200,
+        ),
+        ("token store down", false, "GET", "/tokens/v1/x", 503),
     ] {
         let mut req = Request::builder().method(method).uri(binary.url(path));
         for (name, value) in app_auth {
@@ -392,6 +410,12 @@ async fn leak_scenario(format: Option<&str>) {
         log.contains("/ok/v1/customers") && log.contains("/denied/v1/charges"),
         "request paths are logged (so the capture sees request data)"
     );
+    for what in ["shared rate limit", "refresh token store"] {
+        assert!(
+            log.contains(&format!("{what}: redis unreachable")),
+            "the {what}'s unreachable Redis (URL with a password) was logged:\n{log}"
+        );
+    }
 
     for (label, bytes) in &seen {
         assert_no_canary(&format!("the response to {label}"), bytes);

@@ -13,135 +13,18 @@
 mod support;
 
 use std::io::Write;
-use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use http::Request;
-use outpost::config::{RateLimit, SharedLimit};
+use outpost::config::{RateLimit, RedisTarget, SharedLimit};
 use outpost::stack::ratelimit::{Limiter, Rejected};
 use outpost::stack::shared::SharedStore;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::MissedTickBehavior;
 
 /// One test at a time (see the module doc).
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
-
-// ---------------------------------------------------------------------------------------------
-// redis-server as a child process
-// ---------------------------------------------------------------------------------------------
-
-/// A `redis-server` on 127.0.0.1:`port`, killed when dropped.
-struct RedisServer {
-    port: u16,
-    args: Vec<String>,
-    child: Option<Child>,
-    dir: TempDir,
-}
-
-impl RedisServer {
-    /// Start on a free port and wait until it answers `PING`.
-    async fn start(extra: &[&str]) -> RedisServer {
-        let mut server = RedisServer {
-            port: free_port(),
-            args: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-            dir: TempDir::new("redis"),
-        };
-        server.restart().await;
-        server
-    }
-
-    /// (Re)start on the same port, with no persisted data, and wait for `PING`.
-    async fn restart(&mut self) {
-        assert!(self.child.is_none(), "redis-server is already running");
-        let child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
-            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
-            .arg("--dir")
-            .arg(&self.dir.path)
-            .args(&self.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server must be installed (apt-get install redis-server)");
-        self.child = Some(child);
-        let port = self.port;
-        let password = self.password();
-        poll_until("redis-server answers PING", || async {
-            ping(port, password.as_deref()).await
-        })
-        .await;
-    }
-
-    /// SIGKILL, as a crash or an OOM kill would.
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Freeze (`STOP`) or thaw (`CONT`) the server: a hung Redis, sockets still open.
-    fn signal(&self, signal: &str) {
-        let child = self.child.as_ref().expect("redis-server is running");
-        send_signal(child.id(), signal);
-    }
-
-    fn password(&self) -> Option<String> {
-        let i = self.args.iter().position(|a| a == "--requirepass")?;
-        self.args.get(i + 1).cloned()
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-/// One RESP command on a fresh connection; the raw reply.
-async fn redis_command(port: u16, password: Option<&str>, args: &[&str]) -> Option<String> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port)).await.ok()?;
-    let mut wire = Vec::new();
-    let mut push = |args: &[&str]| {
-        wire.extend_from_slice(format!("*{}\r\n", args.len()).as_bytes());
-        for a in args {
-            wire.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-        }
-    };
-    if let Some(p) = password {
-        push(&["AUTH", p]);
-    }
-    push(args);
-    stream.write_all(&wire).await.ok()?;
-    let mut reply = Vec::new();
-    let mut buf = [0u8; 512];
-    let expected_lines = if password.is_some() { 2 } else { 1 };
-    while reply.iter().filter(|&&b| b == b'\n').count() < expected_lines {
-        let n = tokio::time::timeout(Duration::from_secs(1), stream.read(&mut buf))
-            .await
-            .ok()?
-            .ok()?;
-        if n == 0 {
-            return None;
-        }
-        reply.extend_from_slice(&buf[..n]);
-    }
-    let text = String::from_utf8_lossy(&reply).into_owned();
-    Some(text.lines().last().unwrap_or_default().to_string())
-}
-
-async fn ping(port: u16, password: Option<&str>) -> bool {
-    redis_command(port, password, &["PING"]).await.as_deref() == Some("+PONG")
-}
 
 // ---------------------------------------------------------------------------------------------
 // Proxies and load
@@ -149,12 +32,57 @@ async fn ping(port: u16, password: Option<&str>) -> bool {
 
 /// One upstream `api` with a shared limit; retries off, so every attempt is one request.
 fn shared_config(mock: &MockUpstream, redis_url: &str, instance: &str, limit: &str) -> String {
+    shared_config_on(
+        mock,
+        &format!("redis_url: \"{redis_url}\""),
+        instance,
+        limit,
+    )
+}
+
+/// [`shared_config`] on any topology (`target`: `redis_url: …`, `redis_cluster: […]`, …).
+fn shared_config_on(mock: &MockUpstream, target: &str, instance: &str, limit: &str) -> String {
     format!(
         "upstreams:\n  api:\n    base_url: {}\n    headers: {{ X-Instance: {instance} }}\n    \
          retry: {{ max_attempts: 1 }}\n    rate_limit: {{ {limit}, \
-         shared: {{ redis_url: \"{redis_url}\", expected_replicas: 2 }} }}\n",
+         shared: {{ {target}, expected_replicas: 2 }} }}\n",
         mock.url("")
     )
+}
+
+/// Both replicas loaded for 3 s at 40 times a shared 10 rps (burst 1): together they get one
+/// budget, not two, and both are served.
+async fn assert_one_budget(mock: &MockUpstream, a: &Proxy, b: &Proxy, topology: &str) {
+    let from = mock.count();
+    let started = Instant::now();
+    let (ta, tb) = tokio::join!(
+        drive(a, Duration::from_secs(3)),
+        drive(b, Duration::from_secs(3))
+    );
+    let secs = started.elapsed().as_secs_f64();
+    let (ra, rb) = (received(mock, from, "a"), received(mock, from, "b"));
+    let total = ra + rb;
+    println!(
+        "{topology}: configured 10 rps burst 1 over 2 replicas; upstream saw {total} in {secs:.2}s \
+         = {:.2} rps (a {ra}, b {rb}); answers a {ta:?} b {tb:?}",
+        total as f64 / secs
+    );
+    let tally = ta + tb;
+    assert_eq!(tally.failed, 0, "{tally:?}");
+    assert_eq!(tally.ok, total, "every 200 is one upstream request");
+    let ceiling = (10.0 * secs).ceil() as usize + 2;
+    assert!(
+        total <= ceiling,
+        "{topology}: {total} > {ceiling}: the budget is not shared"
+    );
+    assert!(
+        total >= 25,
+        "{topology}: {total}: well below the shared budget"
+    );
+    assert!(
+        ra >= 5 && rb >= 5,
+        "{topology}: both replicas are served: a {ra}, b {rb}"
+    );
 }
 
 /// `outpost_rate_limit_shared_degraded{upstream="api"}`.
@@ -524,10 +452,10 @@ async fn transitions_are_logged_once_and_never_show_the_password() {
 
     let mut redis = RedisServer::start(&["--requirepass", "hunter2-redis-pass"]).await;
     let shared = SharedLimit {
-        redis_url: outpost::config::Secret::new(format!(
+        redis: RedisTarget::Standalone(outpost::config::Secret::new(format!(
             "redis://:hunter2-redis-pass@127.0.0.1:{}",
             redis.port
-        )),
+        ))),
         expected_replicas: 2,
         key_prefix: "outpost:rl:".into(),
     };
@@ -563,7 +491,7 @@ async fn a_hung_redis_costs_one_timeout_then_nothing() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start(&[]).await;
     let shared = SharedLimit {
-        redis_url: outpost::config::Secret::new(redis.url()),
+        redis: RedisTarget::Standalone(outpost::config::Secret::new(redis.url())),
         expected_replicas: 2,
         key_prefix: "outpost:rl:".into(),
     };
@@ -602,7 +530,7 @@ async fn measure_the_cost_of_the_redis_round_trip() {
     let _serial = SERIAL.lock().await;
     let redis = RedisServer::start(&[]).await;
     let shared = SharedLimit {
-        redis_url: outpost::config::Secret::new(redis.url()),
+        redis: RedisTarget::Standalone(outpost::config::Secret::new(redis.url())),
         expected_replicas: 2,
         key_prefix: "outpost:rl:".into(),
     };
@@ -728,4 +656,146 @@ async fn key_prefix_separates_budgets_on_one_redis() {
         Some(":0"),
         "the default prefix is not used"
     );
+}
+
+/// A real 3-node Redis Cluster (3 masters, `redis-cli --cluster create`) serves the shared
+/// limit of two replicas: one budget across both, and the bucket's keys on one shard.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_cluster_serves_one_budget_for_two_replicas() {
+    let _serial = SERIAL.lock().await;
+    let cluster = RedisCluster::start().await;
+    let urls: Vec<String> = cluster.urls().iter().map(|u| format!("\"{u}\"")).collect();
+    let target = format!("redis_cluster: [{}]", urls.join(", "));
+    let mock = MockUpstream::ok().await;
+    let a = Proxy::start(&shared_config_on(&mock, &target, "a", LIMIT_10RPS)).await;
+    let b = Proxy::start(&shared_config_on(&mock, &target, "b", LIMIT_10RPS)).await;
+    wait_degraded(&a, 0.0, "proxy a connected to the cluster").await;
+    wait_degraded(&b, 0.0, "proxy b connected to the cluster").await;
+
+    assert_one_budget(&mock, &a, &b, "redis cluster").await;
+    assert_eq!(degraded(&a), Some(0.0));
+    assert_eq!(degraded(&b), Some(0.0));
+    // The bucket lives on the shard of its hash tag; its pause key hashes to the same slot.
+    let (_, exists) = cluster.owner_of("outpost:rl:{api:0}").await;
+    assert!(exists, "the bucket's key is on the node that owns its slot");
+    let node = &cluster.nodes[0];
+    assert_eq!(
+        node.cli(&["cluster", "keyslot", "outpost:rl:{api:0}"])
+            .await,
+        node.cli(&["cluster", "keyslot", "outpost:rl:{api:0}:pause"])
+            .await
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// A Sentinel setup (a master, a replica, one `redis-server --sentinel`) serves the shared
+/// limit of two replicas; when the master dies, the sentinel promotes the replica and both
+/// proxies follow it: they run their scripts on the new master, and one replica alone gets the
+/// whole shared budget again (more than its degraded share could give it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sentinel_master_serves_one_budget_and_a_failover_moves_it() {
+    let _serial = SERIAL.lock().await;
+    let mut master = RedisServer::start(&[]).await;
+    let master_port = master.port.to_string();
+    let replica = RedisServer::start(&["--replicaof", "127.0.0.1", &master_port]).await;
+    poll_until("the replica is in sync", || async {
+        replica
+            .cli(&["info", "replication"])
+            .await
+            .contains("master_link_status:up")
+    })
+    .await;
+    let sentinel = Sentinel::start(master.port).await;
+    let replica_port = replica.port.to_string();
+    poll_until("the sentinel knows the replica", || async {
+        redis_cli(sentinel.port, &["sentinel", "replicas", SENTINEL_MASTER])
+            .await
+            .lines()
+            .any(|l| l.trim() == replica_port)
+    })
+    .await;
+    let target = format!(
+        "redis_sentinel: {{ master: {SENTINEL_MASTER}, nodes: [\"{}\"] }}",
+        sentinel.url()
+    );
+    let mock = MockUpstream::ok().await;
+    let a = Proxy::start(&shared_config_on(&mock, &target, "a", LIMIT_10RPS)).await;
+    let b = Proxy::start(&shared_config_on(&mock, &target, "b", LIMIT_10RPS)).await;
+    wait_degraded(&a, 0.0, "proxy a connected to the master").await;
+    wait_degraded(&b, 0.0, "proxy b connected to the master").await;
+    assert_one_budget(&mock, &a, &b, "redis sentinel").await;
+
+    // Failover: the master dies; the sentinel promotes the replica.
+    master.kill();
+    poll_until("the sentinel promoted the replica", || async {
+        sentinel.master_port().await == Some(replica.port)
+    })
+    .await;
+    // Requests go on meanwhile (local share); each proxy notices the dead connection, asks
+    // the sentinel again, and runs its admission script on the new master.
+    for p in [&a, &b] {
+        poll_until("the proxy admits through the new master", || async {
+            let answer = p.get("/api/x").await;
+            assert!(
+                answer.status == 200 || answer.status == 429,
+                "{}",
+                answer.text()
+            );
+            degraded(p) == Some(0.0)
+                && replica
+                    .cli(&["info", "commandstats"])
+                    .await
+                    .contains("cmdstat_evalsha")
+        })
+        .await;
+    }
+    let from = mock.count();
+    let started = Instant::now();
+    let ta = drive(&a, Duration::from_secs(2)).await;
+    let secs = started.elapsed().as_secs_f64();
+    let ra = received(&mock, from, "a");
+    println!("after failover: a alone got {ra} in {secs:.2}s ({ta:?})");
+    assert_eq!(ta.failed, 0, "{ta:?}");
+    assert!(
+        ra as f64 >= 7.5 * secs,
+        "{ra} in {secs:.2}s: the shared 10 rps, not the degraded 5 rps share"
+    );
+    assert!(ra <= (10.0 * secs).ceil() as usize + 2, "{ra}");
+    assert_eq!(degraded(&a), Some(0.0));
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+/// `redis_sentinel.password` is the master's own password (the sentinel has its `auth-pass`):
+/// the limiter connects to a password-protected master found through the sentinel.
+#[tokio::test]
+async fn a_sentinel_password_reaches_the_master() {
+    let _serial = SERIAL.lock().await;
+    let master = RedisServer::start(&["--requirepass", "master-pw-3141"]).await;
+    let sentinel = Sentinel::start_with(master.port, Some("master-pw-3141")).await;
+    let shared = SharedLimit {
+        redis: RedisTarget::Sentinel(outpost::config::RedisSentinel {
+            master: SENTINEL_MASTER.into(),
+            nodes: vec![outpost::config::Secret::new(sentinel.url())],
+            password: Some(outpost::config::Secret::new("master-pw-3141")),
+        }),
+        expected_replicas: 2,
+        key_prefix: "outpost:rl:".into(),
+    };
+    let rl = rate(1000.0, 1000, Some(shared.clone()));
+    let store = SharedStore::new("api", &rl, &shared, "outpost:rl:", None).unwrap();
+    let limiter = Limiter::with_shared(Some(&rl), None, Some(store.bucket(0)));
+    poll_until("connected through the sentinel", || async {
+        !store.is_degraded()
+    })
+    .await;
+    limiter.acquire(None).await.expect("admitted through redis");
+    let exists = redis_command(
+        master.port,
+        Some("master-pw-3141"),
+        &["EXISTS", "outpost:rl:{api:0}"],
+    )
+    .await;
+    assert_eq!(exists.as_deref(), Some(":1"), "the bucket is on the master");
 }

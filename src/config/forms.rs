@@ -16,6 +16,21 @@ use super::{Auth, Secret, WebhookScheme};
 /// Default `rate_limit.shared.key_prefix`.
 pub const DEFAULT_KEY_PREFIX: &str = "outpost:rl:";
 
+/// A Redis URL as the `redis` crate reads it: `redis://[user][:password@]host[:port][/db]` or
+/// `redis+unix:///path`. The message never shows the URL (it may hold a password).
+pub fn redis_url(url: &str) -> Result<(), String> {
+    if url.starts_with("rediss://") {
+        return Err("TLS to Redis (rediss://) is not in this build; use redis:// (a sidecar such as stunnel can add TLS)".into());
+    }
+    if !(url.starts_with("redis://") || url.starts_with("redis+unix://")) {
+        return Err("must start with redis:// or redis+unix://".into());
+    }
+    match redis::IntoConnectionInfo::into_connection_info(url) {
+        Ok(_) => Ok(()),
+        Err(_) => Err("is not a usable Redis URL (redis://[:password@]host[:port][/db])".into()),
+    }
+}
+
 /// Largest CA file read (a bundle of a few hundred certificates is far smaller).
 pub const MAX_CA_FILE_BYTES: u64 = 4 * 1024 * 1024;
 

@@ -355,8 +355,54 @@ pub struct RefreshToken {
     pub params: Vec<(String, String)>,
     /// `Some` exactly when `client_auth` is `tls_client_auth`.
     pub client_cert: Option<ClientCert>,
-    /// Where rotated refresh tokens are persisted (write + fsync + rename).
-    pub store: PathBuf,
+    /// Where rotated refresh tokens are persisted.
+    pub store: TokenStore,
+}
+
+/// `store` of `oauth2_refresh_token`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum TokenStore {
+    /// `file: PATH`: written with write + fsync + rename; one process at a time.
+    File(PathBuf),
+    /// `redis_url | redis_cluster | redis_sentinel`, `key?`: shared by replicas, which take
+    /// turns refreshing under a lock. `key` defaults to the upstream's name.
+    Redis {
+        redis: RedisTarget,
+        key: Option<String>,
+    },
+}
+
+/// Where a Redis is: exactly one of `redis_url`, `redis_cluster`, `redis_sentinel`. URLs may
+/// carry a password: they are [`Secret`]s, so `Debug` never shows them.
+#[derive(Clone, Debug, PartialEq)]
+pub enum RedisTarget {
+    /// `redis_url`: one server.
+    Standalone(Secret),
+    /// `redis_cluster: [url, …]`: seed nodes of a Redis Cluster (the others are discovered).
+    Cluster(Vec<Secret>),
+    /// `redis_sentinel: {master, nodes, password?}`: the master that the sentinels name.
+    Sentinel(RedisSentinel),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RedisSentinel {
+    /// The master's name in the sentinels' configuration.
+    pub master: String,
+    /// Sentinel URLs (`redis://[:password@]host:26379`).
+    pub nodes: Vec<Secret>,
+    /// Password of the master itself, when it has one.
+    pub password: Option<Secret>,
+}
+
+impl RedisTarget {
+    /// The topology's config key, for `outpost check` and messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            RedisTarget::Standalone(_) => "redis_url",
+            RedisTarget::Cluster(_) => "redis_cluster",
+            RedisTarget::Sentinel(_) => "redis_sentinel",
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -396,9 +442,8 @@ impl RateLimit {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct SharedLimit {
-    /// May carry a password (`redis://:pw@host`): a [`Secret`], so `${env:…}` references work
-    /// and `Debug` never shows it.
-    pub redis_url: Secret,
+    /// Where the shared buckets live (URLs may carry a password: secrets).
+    pub redis: RedisTarget,
     pub expected_replicas: u32,
     /// Redis keys are `{key_prefix}{upstream}:{key index}`.
     pub key_prefix: String,
@@ -510,6 +555,8 @@ pub struct Webhook {
     pub algorithm: HmacAlgorithm,
     pub encoding: SignatureEncoding,
     pub timestamp_header: Option<HeaderName>,
+    /// `shared`: the replay guard kept in Redis, so every replica sees every delivery.
+    pub shared: Option<RedisTarget>,
 }
 
 impl Auth {

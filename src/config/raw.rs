@@ -138,6 +138,29 @@ impl Scalar {
 pub(super) struct RawTokenStore {
     pub(super) file: Option<PathBuf>,
     pub(super) redis_url: Option<String>,
+    pub(super) redis_cluster: Option<Vec<String>>,
+    pub(super) redis_sentinel: Option<RawSentinel>,
+    /// The Redis key's name inside its hash tag (default: the upstream's name).
+    pub(super) key: Option<String>,
+}
+
+/// `redis_sentinel`: the master's name as the sentinels know it, and the sentinels.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawSentinel {
+    pub(super) master: String,
+    pub(super) nodes: Vec<String>,
+    /// Password of the master (and its replicas); the sentinels' own is in their URLs.
+    pub(super) password: Option<String>,
+}
+
+/// A webhook's `shared`: where its replay guard is kept.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawWebhookShared {
+    pub(super) redis_url: Option<String>,
+    pub(super) redis_cluster: Option<Vec<String>>,
+    pub(super) redis_sentinel: Option<RawSentinel>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -154,7 +177,9 @@ pub(super) struct RawRateLimit {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct RawShared {
-    pub(super) redis_url: String,
+    pub(super) redis_url: Option<String>,
+    pub(super) redis_cluster: Option<Vec<String>>,
+    pub(super) redis_sentinel: Option<RawSentinel>,
     /// When Redis is unreachable each replica limits itself to `rate / expected_replicas`.
     pub(super) expected_replicas: Option<u32>,
     /// Prefix of the Redis keys (default `outpost:rl:`): lets several deployments share one
@@ -206,6 +231,7 @@ pub(super) struct RawWebhook {
     pub(super) algorithm: Option<HmacAlgorithm>,
     pub(super) encoding: Option<SignatureEncoding>,
     pub(super) timestamp_header: Option<String>,
+    pub(super) shared: Option<RawWebhookShared>,
 }
 
 /// A YAML mapping that keeps its order and rejects duplicate keys (serde's maps keep the last).

@@ -515,10 +515,10 @@ fn redis_url_is_a_secret() {
         .shared
         .as_ref()
         .unwrap();
-    assert_eq!(
-        shared.redis_url.expose(),
-        "redis://:pw-CANARY@127.0.0.1:6379"
-    );
+    let RedisTarget::Standalone(url) = &shared.redis else {
+        panic!("standalone expected")
+    };
+    assert_eq!(url.expose(), "redis://:pw-CANARY@127.0.0.1:6379");
     assert!(
         !format!("{c:?}").contains("CANARY"),
         "Debug shows the Redis password"
@@ -623,5 +623,191 @@ proptest::proptest! {
             }
         }
         let _ = load(&format!("{MINIMAL}{text}"));
+    }
+}
+
+const SHARED_API: &str = "version: 1\nupstreams:\n  api:\n    base_url: https://x.example\n    rate_limit:\n      requests_per_second: 5\n      shared:\n";
+
+fn shared_target(yaml: &str) -> RedisTarget {
+    load(yaml).unwrap().upstreams[0]
+        .rate_limit
+        .as_ref()
+        .and_then(|r| r.shared.as_ref())
+        .map(|s| s.redis.clone())
+        .expect("shared")
+}
+
+#[test]
+fn shared_state_takes_one_of_three_redis_topologies() {
+    let cluster = shared_target(&format!(
+        "{SHARED_API}        redis_cluster: [\"redis://10.0.0.1:7000\", \"redis://:pw@10.0.0.2:7000\"]\n"
+    ));
+    let RedisTarget::Cluster(nodes) = &cluster else {
+        panic!("{cluster:?}")
+    };
+    assert_eq!(nodes.len(), 2);
+    assert!(!format!("{cluster:?}").contains("pw"), "Debug hides URLs");
+
+    std::env::set_var("OUTPOST_T_SENTINEL_PW", "sentinel-CANARY");
+    let sentinel = shared_target(&format!(
+        "{SHARED_API}        redis_sentinel:\n          master: mymaster\n          nodes: [\"redis://10.0.0.1:26379\"]\n          password: \"${{env:OUTPOST_T_SENTINEL_PW}}\"\n"
+    ));
+    let RedisTarget::Sentinel(s) = &sentinel else {
+        panic!("{sentinel:?}")
+    };
+    assert_eq!(s.master, "mymaster");
+    assert_eq!(s.password.as_ref().unwrap().expose(), "sentinel-CANARY");
+    assert!(!format!("{sentinel:?}").contains("CANARY"));
+    assert_eq!(sentinel.kind(), "redis_sentinel");
+
+    // Exactly one, pointing at `shared` (line 7).
+    for body in [
+        "        redis_url: \"redis://a\"\n        redis_cluster: [\"redis://b\"]\n",
+        "        expected_replicas: 2\n",
+    ] {
+        let e = one_error(&format!("{SHARED_API}{body}"));
+        assert!(e.contains(":7:") && e.contains("exactly one of"), "{e}");
+    }
+    // Every URL is checked, by index, and never shown.
+    let e = one_error(&format!(
+        "{SHARED_API}        redis_cluster: [\"redis://a\", \"http://:pw-CANARY@b\"]\n"
+    ));
+    assert!(
+        e.contains("redis_cluster[1]") && e.contains(":8:") && !e.contains("CANARY"),
+        "{e}"
+    );
+    let e = one_error(&format!("{SHARED_API}        redis_cluster: []\n"));
+    assert!(e.contains("1 to 64 URLs"), "{e}");
+    let e = one_error(&format!("{SHARED_API}        redis_url: \"rediss://x\"\n"));
+    assert!(e.contains("not in this build"), "{e}");
+    let e = one_error(&format!(
+        "{SHARED_API}        redis_sentinel: {{ master: \"\", nodes: [\"redis://a\"] }}\n"
+    ));
+    assert!(e.contains("redis_sentinel.master"), "{e}");
+    let e = one_error(&format!(
+        "{SHARED_API}        redis_sentinel: {{ master: m, nodes: [\"redis://a\"], port: 1 }}\n"
+    ));
+    assert!(
+        e.contains("unknown field `port`") && e.contains(":8:"),
+        "{e}"
+    );
+}
+
+#[test]
+fn webhook_shared_keeps_the_replay_guard_in_redis() {
+    let hook = |shared: &str| {
+        format!("version: 1\nwebhooks:\n  gh:\n    path: /gh\n    scheme: github\n    secrets: [s]\n    forward_to: \"http://127.0.0.1:3000/\"\n{shared}")
+    };
+    let c = load(&hook("")).unwrap();
+    assert_eq!(c.webhooks[0].shared, None);
+    let c = load(&hook(
+        "    shared: { redis_url: \"redis://127.0.0.1:6379\" }\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.webhooks[0].shared.as_ref().map(|t| t.kind()),
+        Some("redis_url")
+    );
+    let c = load(&hook(
+        "    shared: { redis_cluster: [\"redis://127.0.0.1:7000\"] }\n",
+    ))
+    .unwrap();
+    assert_eq!(
+        c.webhooks[0].shared.as_ref().map(|t| t.kind()),
+        Some("redis_cluster")
+    );
+    let e = one_error(&hook("    shared: {}\n"));
+    assert!(e.contains("webhooks.gh.shared") && e.contains(":8:"), "{e}");
+    let e = one_error(&hook(
+        "    shared: { redis_url: \"redis://x\", key_prefix: a }\n",
+    ));
+    assert!(e.contains("unknown field `key_prefix`"), "{e}");
+}
+
+#[test]
+fn refresh_token_store_takes_a_file_or_a_redis() {
+    let with = |store: &str| {
+        format!("version: 1\nupstreams:\n  x:\n    base_url: https://api.example.com\n    auth:\n      type: oauth2_refresh_token\n      token_url: https://t.example/token\n      client_id: a\n      refresh_token: rt-CANARY\n      store: {store}\n")
+    };
+    let store = |yaml: &str| match &load(yaml).unwrap().upstreams[0].auth {
+        Some(Auth::OAuth2RefreshToken(r)) => r.store.clone(),
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(
+        store(&with("{ file: /var/lib/outpost/x.json }")),
+        TokenStore::File("/var/lib/outpost/x.json".into())
+    );
+    match store(&with(
+        "{ redis_url: \"redis://127.0.0.1\", key: \"team-a:xero\" }",
+    )) {
+        TokenStore::Redis { redis, key } => {
+            assert_eq!(redis.kind(), "redis_url");
+            assert_eq!(key.as_deref(), Some("team-a:xero"));
+        }
+        other => panic!("{other:?}"),
+    }
+    match store(&with(
+        "{ redis_sentinel: { master: m, nodes: [\"redis://127.0.0.1:26379\"] } }",
+    )) {
+        TokenStore::Redis { redis, key: None } => assert_eq!(redis.kind(), "redis_sentinel"),
+        other => panic!("{other:?}"),
+    }
+    for (bad, want) in [
+        (
+            "{ file: /tmp/x, redis_url: \"redis://127.0.0.1\" }",
+            "not both",
+        ),
+        ("{ }", "needs `file: PATH`"),
+        ("{ file: /tmp/x, key: k }", "only to a Redis store"),
+        (
+            "{ redis_url: \"redis://127.0.0.1\", key: \"a}b\" }",
+            "without spaces or braces",
+        ),
+        (
+            "{ redis_url: \"redis://127.0.0.1\", redis_cluster: [\"redis://b\"] }",
+            "exactly one",
+        ),
+    ] {
+        let e = one_error(&with(bad));
+        assert!(e.contains(want) && e.contains(":10:"), "{bad}: {e}");
+        assert!(!e.contains("CANARY"), "{e}");
+    }
+}
+
+proptest::proptest! {
+    #![proptest_config(proptest::prelude::ProptestConfig::with_cases(512))]
+
+    /// Any string as a Redis URL: accepted or refused with a message, never a panic, and the
+    /// message never repeats the URL (it may hold a password).
+    #[test]
+    fn any_redis_url_is_checked_without_panic_or_echo(
+        text in "\\PC{0,300}|redis://[ -~]{0,300}|redis://:[a-z]{8}@[0-9.]{0,20}:[0-9]{0,25}/[0-9]{0,25}",
+    ) {
+        if let Err(e) = forms::redis_url(&text) {
+            // One of the fixed messages: nothing of the input is in it.
+            let fixed = [
+                forms::redis_url("rediss://x").unwrap_err(),
+                forms::redis_url("http://x").unwrap_err(),
+                forms::redis_url("redis://[").unwrap_err(),
+            ];
+            proptest::prop_assert!(fixed.contains(&e), "{}", e);
+        }
+    }
+
+    /// Redis shapes written anywhere under `shared` or `store`: a config or located errors.
+    #[test]
+    fn arbitrary_redis_shapes_never_panic(
+        body in "[a-z_:{}\\[\\],\" /0-9@.-]{0,200}",
+    ) {
+        for yaml in [
+            format!("{SHARED_API}        {body}\n"),
+            format!("version: 1\nwebhooks:\n  gh: {{ path: /gh, scheme: github, secrets: [s], forward_to: \"http://127.0.0.1:3000/\", shared: {body} }}\n"),
+        ] {
+            if let Err(e) = load(&yaml) {
+                for issue in &e.0 {
+                    proptest::prop_assert!(issue.line >= 1 && issue.column >= 1);
+                }
+            }
+        }
     }
 }

@@ -394,6 +394,16 @@ impl Validator {
                 Some(Auth::OAuth2RefreshToken(r)) => Some(&r.token_url),
                 _ => None,
             };
+            if let Some(Auth::OAuth2RefreshToken(RefreshToken {
+                store: TokenStore::Redis { .. },
+                ..
+            })) = &auth
+            {
+                self.error(
+                    &base_path,
+                    "`base_url: from_token` with a Redis token store is not in this build yet (the stored token does not keep `instance_url`): use `store: {file: PATH}` or a fixed `base_url`",
+                );
+            }
             match token_url.and_then(|u| Some((u.scheme_str()?, u.authority()?))) {
                 Some((scheme, authority)) => {
                     base_url = self.base_url(&base_path, &format!("{scheme}://{authority}"));
@@ -1018,21 +1028,56 @@ impl Validator {
             Some(RawTokenStore {
                 file: Some(file),
                 redis_url: None,
-            }) if !file.as_os_str().is_empty() => Some(self.base_dir.join(file)),
+                redis_cluster: None,
+                redis_sentinel: None,
+                key,
+            }) if !file.as_os_str().is_empty() => {
+                if key.is_some() {
+                    self.key_error(
+                        join(&store_path, "key"),
+                        "`key` applies only to a Redis store",
+                    );
+                }
+                Some(TokenStore::File(self.base_dir.join(file)))
+            }
             Some(RawTokenStore {
-                redis_url: Some(_),
                 file: None,
-            }) => {
-                self.error(
-                    join(&store_path, "redis_url"),
-                    "a Redis token store is not in this build yet; use `store: {file: PATH}` on a writable volume",
+                redis_url,
+                redis_cluster,
+                redis_sentinel,
+                key,
+            }) if redis_url.is_some() || redis_cluster.is_some() || redis_sentinel.is_some() => {
+                let key_ok = key.as_deref().is_none_or(|k| {
+                    let ok = !k.is_empty()
+                        && k.len() <= 128
+                        && k.bytes()
+                            .all(|b| b.is_ascii_graphic() && b != b'{' && b != b'}');
+                    if !ok {
+                        self.error(
+                            join(&store_path, "key"),
+                            "must be 1 to 128 printable ASCII characters without spaces or braces",
+                        );
+                    }
+                    ok
+                });
+                let redis =
+                    self.redis_target(&store_path, redis_url, redis_cluster, redis_sentinel);
+                match redis {
+                    Some(redis) if key_ok => Some(TokenStore::Redis { redis, key }),
+                    _ => None,
+                }
+            }
+            Some(RawTokenStore { file: Some(f), .. }) if !f.as_os_str().is_empty() => {
+                self.key_error(
+                    &store_path,
+                    "`store` takes `file` or one of `redis_url`, `redis_cluster`, `redis_sentinel`, not both",
                 );
                 None
             }
             _ => {
                 self.error(
                     &store_path,
-                    "`store` needs `file: PATH` (a writable file for the rotated refresh token)",
+                    "`store` needs `file: PATH` (a writable file for the rotated refresh token) or a Redis (`redis_url`, `redis_cluster` or `redis_sentinel`)",
                 );
                 None
             }
@@ -1091,6 +1136,80 @@ impl Validator {
         })
     }
 
+    /// `redis_url | redis_cluster | redis_sentinel` under `path`: exactly one of the three.
+    fn redis_target(
+        &mut self,
+        path: &str,
+        url: Option<String>,
+        cluster: Option<Vec<String>>,
+        sentinel: Option<RawSentinel>,
+    ) -> Option<RedisTarget> {
+        let given = [url.is_some(), cluster.is_some(), sentinel.is_some()]
+            .iter()
+            .filter(|g| **g)
+            .count();
+        if given != 1 {
+            self.key_error(
+                path,
+                "needs exactly one of `redis_url`, `redis_cluster`, `redis_sentinel`",
+            );
+            return None;
+        }
+        if let Some(url) = url {
+            return self
+                .redis_url(&join(path, "redis_url"), &url)
+                .map(RedisTarget::Standalone);
+        }
+        let list = |v: &mut Self, lpath: &str, urls: &[String]| -> Option<Vec<Secret>> {
+            if urls.is_empty() || urls.len() > 64 {
+                v.error(lpath, "needs 1 to 64 URLs");
+                return None;
+            }
+            let mut out = Vec::new();
+            for (i, url) in urls.iter().enumerate() {
+                out.push(v.redis_url(&format!("{lpath}[{i}]"), url));
+            }
+            out.into_iter().collect()
+        };
+        if let Some(urls) = cluster {
+            return list(self, &join(path, "redis_cluster"), &urls).map(RedisTarget::Cluster);
+        }
+        let sentinel = sentinel?;
+        let spath = join(path, "redis_sentinel");
+        let master_ok = !sentinel.master.is_empty()
+            && sentinel.master.len() <= 256
+            && sentinel.master.bytes().all(|b| b.is_ascii_graphic());
+        if !master_ok {
+            self.error(
+                join(&spath, "master"),
+                "must be the master's name: 1 to 256 printable ASCII characters",
+            );
+        }
+        let nodes = list(self, &join(&spath, "nodes"), &sentinel.nodes);
+        let password = match sentinel.password {
+            Some(text) => Some(self.secret(&join(&spath, "password"), &text)?),
+            None => None,
+        };
+        if !master_ok {
+            return None;
+        }
+        Some(RedisTarget::Sentinel(RedisSentinel {
+            master: sentinel.master,
+            nodes: nodes?,
+            password,
+        }))
+    }
+
+    /// One Redis URL (a secret: it may hold a password; messages never show it).
+    fn redis_url(&mut self, path: &str, text: &str) -> Option<Secret> {
+        let url = self.secret(path, text)?;
+        if let Err(e) = forms::redis_url(url.expose()) {
+            self.error(path, e);
+            return None;
+        }
+        Some(url)
+    }
+
     fn rate_limit(&mut self, path: &str, raw: RawRateLimit) -> Option<RateLimit> {
         let (requests, per, key) = match (raw.requests_per_second, raw.requests_per_minute) {
             (Some(r), None) => (r, Duration::from_secs(1), "requests_per_second"),
@@ -1126,18 +1245,8 @@ impl Validator {
         let shared = match raw.shared {
             Some(s) => {
                 let spath = join(path, "shared");
-                let redis_url = self.secret(&join(&spath, "redis_url"), &s.redis_url)?;
-                let url = redis_url.expose();
-                if !(url.starts_with("redis://")
-                    || url.starts_with("rediss://")
-                    || url.starts_with("redis+unix://"))
-                {
-                    self.error(
-                        join(&spath, "redis_url"),
-                        "must start with redis://, rediss:// or redis+unix://",
-                    );
-                    return None;
-                }
+                let redis =
+                    self.redis_target(&spath, s.redis_url, s.redis_cluster, s.redis_sentinel)?;
                 let expected_replicas = s.expected_replicas.unwrap_or(DEFAULT_EXPECTED_REPLICAS);
                 if expected_replicas == 0 {
                     self.error(join(&spath, "expected_replicas"), "must be at least 1");
@@ -1158,7 +1267,7 @@ impl Validator {
                     return None;
                 }
                 Some(SharedLimit {
-                    redis_url,
+                    redis,
                     expected_replicas,
                     key_prefix,
                 })
@@ -1362,6 +1471,15 @@ impl Validator {
         if max_body_bytes == 0 {
             self.error(join(path, "max_body_bytes"), "must be greater than zero");
         }
+        let shared = match raw.shared {
+            Some(sh) => Some(self.redis_target(
+                &join(path, "shared"),
+                sh.redis_url,
+                sh.redis_cluster,
+                sh.redis_sentinel,
+            )?),
+            None => None,
+        };
         Some(Webhook {
             name,
             path: hook_path,
@@ -1376,6 +1494,7 @@ impl Validator {
             algorithm: raw.algorithm.unwrap_or(HmacAlgorithm::Sha256),
             encoding: raw.encoding.unwrap_or(SignatureEncoding::Hex),
             timestamp_header,
+            shared,
         })
     }
 }

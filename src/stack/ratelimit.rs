@@ -466,7 +466,9 @@ mod tests {
         use crate::config::SharedLimit;
         use crate::stack::shared::SharedStore;
         let shared = SharedLimit {
-            redis_url: crate::config::Secret::new("redis://127.0.0.1:1"),
+            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new(
+                "redis://127.0.0.1:1",
+            )),
             expected_replicas: 2,
             key_prefix: "outpost:rl:".into(),
         };

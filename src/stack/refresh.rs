@@ -14,8 +14,13 @@
 //! final: requests get `503 credentials_unavailable` at once, without a refresh loop, and the
 //! error is logged at most once a minute, until the config (or the store) changes.
 //!
-//! Not in this build: a Redis store shared by replicas (one lock or compare-and-set across
-//! replicas); with several replicas, give each its own refresh token or run one.
+//! With several replicas, `store: {redis_url | redis_cluster | redis_sentinel, key?}` keeps the
+//! rotated refresh token and the current access token in Redis ([`super::token_store`]):
+//! exactly one replica refreshes at a time (a lock with a lease), the others wait for its
+//! result and use the same access token. While that Redis is unreachable nothing is refreshed
+//! (a rotated token that could not be stored would be spent for every other replica): cached
+//! access tokens are used until they expire, then requests get `credentials_unavailable` until
+//! Redis is back.
 
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -31,15 +36,24 @@ use tokio::time::Instant;
 use super::oauth::{
     display_url, exchange, form_encode, parse_token_response, Fetched, Fetcher, TokenSource,
 };
+use super::token_store::{RedisTokenStore, SharedState};
 use crate::body::full;
 use crate::client::HttpClient;
-use crate::config::{ClientAuth, RefreshToken, Secret};
+use crate::config::{ClientAuth, RefreshToken, Secret, TokenStore};
 use crate::metrics::UpstreamMetrics;
 
 /// An `invalid_grant` is logged again at most this often.
 const DEAD_LOG_INTERVAL: Duration = Duration::from_secs(60);
 /// Store files larger than this are not read (a refresh token is a few hundred bytes).
 const MAX_STORE_BYTES: u64 = 64 * 1024;
+/// The Redis refresh lock is held at most the token request's timeout plus this.
+const LOCK_MARGIN: Duration = Duration::from_secs(2);
+/// A replica waiting for another one's refresh polls the store this often at first …
+const POLL_MIN: Duration = Duration::from_millis(10);
+/// … and at most this far apart.
+const POLL_MAX: Duration = Duration::from_millis(200);
+/// A stored access token with less time left than this is not taken over; it is refreshed.
+const MIN_ADOPT_LEFT: Duration = Duration::from_secs(2);
 
 /// The store file: the current refresh token and the seed it descends from.
 #[derive(serde::Serialize, serde::Deserialize)]
@@ -138,6 +152,23 @@ impl FileStore {
     }
 }
 
+/// Where the rotated refresh token is kept.
+enum Store {
+    File(FileStore),
+    Redis(Box<RedisTokenStore>),
+}
+
+/// The token endpoint's answer to one refresh.
+enum Grant {
+    Issued {
+        fetched: Fetched,
+        /// The new refresh token, when the endpoint rotated it.
+        rotated: Option<Secret>,
+    },
+    /// `invalid_grant`: the refresh token is spent or revoked.
+    Refused,
+}
+
 struct Refresher {
     upstream: String,
     config: RefreshToken,
@@ -145,17 +176,25 @@ struct Refresher {
     timeout: Duration,
     display: String,
     authorization: Option<HeaderValue>,
-    store: FileStore,
+    store: Store,
     /// The newest refresh token, also when the store could not be written.
     latest: Mutex<Option<Secret>>,
+    /// Redis store: a rotated refresh token that could not be written (the stored one is spent).
+    unsaved: Mutex<Option<Secret>>,
+    /// Redis store: the generation of the access token this replica holds.
+    held: Mutex<Option<u64>>,
     /// Set by `invalid_grant`: when it was last logged.
     dead: Mutex<Option<Instant>>,
 }
 
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 impl Refresher {
-    fn current(&self) -> Result<Secret, String> {
+    fn current(&self, store: &FileStore) -> Result<Secret, String> {
         // The store first: another process (or a previous run) may have rotated it.
-        match self.store.load() {
+        match store.load() {
             Ok(Some(stored)) => return Ok(stored),
             Ok(None) => {}
             Err(e) => {
@@ -208,7 +247,7 @@ impl Refresher {
 
     async fn fetch(&self) -> Result<Fetched, String> {
         {
-            let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
+            let mut dead = locked(&self.dead);
             if let Some(logged) = *dead {
                 // No refresh loop: a refused token stays refused until the config changes.
                 let now = Instant::now();
@@ -220,8 +259,157 @@ impl Refresher {
                 return Err(self.dead_error());
             }
         }
-        let refresh_token = self.current()?;
-        let mut request = Request::new(full(Bytes::from(self.form(&refresh_token))));
+        match &self.store {
+            Store::File(store) => self.fetch_with_file(store).await,
+            Store::Redis(store) => self.fetch_shared(store).await,
+        }
+    }
+
+    async fn fetch_with_file(&self, store: &FileStore) -> Result<Fetched, String> {
+        let refresh_token = self.current(store)?;
+        let (fetched, rotated) = match self.grant(&refresh_token).await? {
+            Grant::Issued { fetched, rotated } => (fetched, rotated),
+            Grant::Refused => return Err(self.refused()),
+        };
+        if let Some(rotated) = rotated {
+            *locked(&self.latest) = Some(rotated.clone());
+            // Persisted before the access token is used: the old refresh token is spent.
+            if let Err(e) = store.save(&rotated) {
+                tracing::error!(upstream = %self.upstream, error = %e,
+                    "could not persist the rotated refresh token; it is kept in memory, and a restart would need re-authorization");
+            } else {
+                tracing::info!(upstream = %self.upstream, "refresh token rotated and stored");
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// Redis store: use a newer access token another replica stored, or refresh under the
+    /// lock, or wait for the replica that holds it.
+    async fn fetch_shared(&self, store: &RedisTokenStore) -> Result<Fetched, String> {
+        let unreachable = || {
+            "the refresh token store (redis) is unreachable; no refresh until it is back"
+                .to_string()
+        };
+        let lease = self.timeout + LOCK_MARGIN;
+        let give_up = Instant::now() + lease * 2;
+        let lock = uuid::Uuid::new_v4().to_string();
+        let mut backoff = POLL_MIN;
+        loop {
+            let stored = store.read().await.ok_or_else(unreachable)?;
+            if let Some(fetched) = self.adopt(&stored) {
+                return Ok(fetched);
+            }
+            if stored.dead {
+                return Err(self.refused());
+            }
+            if store.lock(&lock, lease).await.ok_or_else(unreachable)? {
+                return self.refresh_locked(store, &lock).await;
+            }
+            if Instant::now() >= give_up {
+                return Err(format!(
+                    "another replica holds the refresh lock of {} and has not stored a new token in time",
+                    self.display
+                ));
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(POLL_MAX);
+        }
+    }
+
+    /// The stored access token, when it is not the one this replica already holds (another
+    /// replica refreshed) and has time left.
+    fn adopt(&self, stored: &SharedState) -> Option<Fetched> {
+        let (token, left) = stored.access.as_ref()?;
+        let mut held = locked(&self.held);
+        if *left < MIN_ADOPT_LEFT || *held == Some(stored.generation) {
+            return None;
+        }
+        *held = Some(stored.generation);
+        Some(Fetched {
+            access_token: token.clone(),
+            expires_in: *left,
+            refresh_margin: None,
+            // Not stored in Redis: `base_url: from_token` with a Redis store is refused by
+            // config validation.
+            instance_url: None,
+        })
+    }
+
+    /// Holding the lock: refresh with the newest refresh token, store the result, unlock.
+    async fn refresh_locked(&self, store: &RedisTokenStore, lock: &str) -> Result<Fetched, String> {
+        // Another replica may have stored a new token between the read and the lock.
+        let Some(stored) = store.read().await else {
+            // The lease ends the lock.
+            return Err(
+                "the refresh token store (redis) is unreachable; no refresh until it is back"
+                    .into(),
+            );
+        };
+        if let Some(fetched) = self.adopt(&stored) {
+            store.unlock(lock).await;
+            return Ok(fetched);
+        }
+        if stored.dead {
+            store.unlock(lock).await;
+            return Err(self.refused());
+        }
+        let unsaved = locked(&self.unsaved).clone();
+        let refresh_token = unsaved
+            .or(stored.refresh_token)
+            .unwrap_or_else(|| self.config.refresh_token.clone());
+        let (fetched, rotated) = match self.grant(&refresh_token).await {
+            Ok(Grant::Issued { fetched, rotated }) => (fetched, rotated),
+            Ok(Grant::Refused) => {
+                store.mark_dead(&refresh_token, lock).await;
+                return Err(self.refused());
+            }
+            Err(e) => {
+                store.unlock(lock).await;
+                return Err(e);
+            }
+        };
+        let was_rotated = rotated.is_some();
+        let next = rotated.unwrap_or(refresh_token);
+        // Stored before the access token is used: the old refresh token is spent.
+        match store
+            .save(&next, &fetched.access_token, fetched.expires_in, lock)
+            .await
+        {
+            Some(generation) => {
+                *locked(&self.held) = Some(generation);
+                *locked(&self.unsaved) = None;
+                if was_rotated {
+                    tracing::info!(upstream = %self.upstream, "refresh token rotated and stored in redis");
+                }
+            }
+            None => {
+                *locked(&self.held) = None;
+                if was_rotated {
+                    *locked(&self.unsaved) = Some(next);
+                    tracing::error!(upstream = %self.upstream,
+                        "could not store the rotated refresh token in redis; it is kept in memory until redis is back");
+                }
+            }
+        }
+        Ok(fetched)
+    }
+
+    /// `invalid_grant`: log (at most once per interval) and stop refreshing.
+    fn refused(&self) -> String {
+        let mut dead = locked(&self.dead);
+        let now = Instant::now();
+        if dead.is_none_or(|at| now.saturating_duration_since(at) >= DEAD_LOG_INTERVAL) {
+            tracing::error!(upstream = %self.upstream, token_endpoint = %self.display,
+                "the refresh token was refused (invalid_grant); requests get credentials_unavailable until a new refresh token is configured");
+        }
+        *dead = Some(now);
+        self.dead_error()
+    }
+
+    /// One refresh-token grant at the token endpoint.
+    async fn grant(&self, refresh_token: &Secret) -> Result<Grant, String> {
+        let mut request = Request::new(full(Bytes::from(self.form(refresh_token))));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = self.config.token_url.clone();
         let headers = request.headers_mut();
@@ -239,14 +427,7 @@ impl Refresher {
                 .ok()
                 .and_then(|j| j.get("error").and_then(|e| e.as_str()).map(str::to_string));
             if code.as_deref() == Some("invalid_grant") {
-                let mut dead = self.dead.lock().unwrap_or_else(|e| e.into_inner());
-                let now = Instant::now();
-                if dead.is_none_or(|at| now.saturating_duration_since(at) >= DEAD_LOG_INTERVAL) {
-                    tracing::error!(upstream = %self.upstream, token_endpoint = %self.display,
-                        "the refresh token was refused (invalid_grant); requests get credentials_unavailable until a new refresh token is configured");
-                }
-                *dead = Some(now);
-                return Err(self.dead_error());
+                return Ok(Grant::Refused);
             }
         }
         let fetched = parse_token_response(status, &body)
@@ -258,19 +439,9 @@ impl Refresher {
                     .and_then(|t| t.as_str())
                     .map(str::to_string)
             })
-            .filter(|t| !t.is_empty() && t != refresh_token.expose());
-        if let Some(rotated) = rotated {
-            let rotated = Secret::new(rotated);
-            *self.latest.lock().unwrap_or_else(|e| e.into_inner()) = Some(rotated.clone());
-            // Persisted before the access token is used: the old refresh token is spent.
-            if let Err(e) = self.store.save(&rotated) {
-                tracing::error!(upstream = %self.upstream, error = %e,
-                    "could not persist the rotated refresh token; it is kept in memory, and a restart would need re-authorization");
-            } else {
-                tracing::info!(upstream = %self.upstream, "refresh token rotated and stored");
-            }
-        }
-        Ok(fetched)
+            .filter(|t| !t.is_empty() && t != refresh_token.expose())
+            .map(Secret::new);
+        Ok(Grant::Issued { fetched, rotated })
     }
 }
 
@@ -281,7 +452,7 @@ pub fn source(
     client: HttpClient,
     timeout: Duration,
     metrics: &UpstreamMetrics,
-) -> Arc<TokenSource> {
+) -> Result<Arc<TokenSource>, String> {
     let authorization = match (&config.client_auth, &config.client_secret) {
         (ClientAuth::Basic, Some(secret)) => Some(super::oauth::basic_authorization(
             config.client_id.expose(),
@@ -289,22 +460,34 @@ pub fn source(
         )),
         _ => None,
     };
+    let store = match &config.store {
+        TokenStore::File(path) => Store::File(FileStore::new(path.clone(), &config.refresh_token)),
+        TokenStore::Redis { redis, key } => Store::Redis(Box::new(RedisTokenStore::new(
+            upstream,
+            redis,
+            key.as_deref(),
+            &config.refresh_token,
+            metrics,
+        )?)),
+    };
     let refresher = Arc::new(Refresher {
         upstream: upstream.to_string(),
-        store: FileStore::new(config.store.clone(), &config.refresh_token),
+        store,
         display: display_url(&config.token_url),
         config: config.clone(),
         client,
         timeout,
         authorization,
         latest: Mutex::new(None),
+        unsaved: Mutex::new(None),
+        held: Mutex::new(None),
         dead: Mutex::new(None),
     });
     let fetcher: Fetcher = Arc::new(move || {
         let refresher = refresher.clone();
         Box::pin(async move { refresher.fetch().await })
     });
-    TokenSource::with_fetcher(upstream, fetcher, metrics)
+    Ok(TokenSource::with_fetcher(upstream, fetcher, metrics))
 }
 
 #[cfg(test)]

@@ -43,25 +43,18 @@
 //! Keys: `<prefix>{<upstream>:<key index>}` and `…:pause`; the braces are a Redis Cluster hash
 //! tag, so both keys of a bucket live on one shard. Keys expire once they no longer matter.
 
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
-use arc_swap::ArcSwapOption;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, Script};
+use redis::Script;
 
 use crate::config::{RateLimit, SharedLimit, Upstream};
 use crate::metrics::{UpstreamMetrics, RATE_LIMIT_SHARED_DEGRADED};
+pub use crate::shared_redis::COMMAND_TIMEOUT;
+use crate::shared_redis::{OwnerKind, Purpose, RedisLink};
 
 /// Prefix of every key the shared limiter writes.
 pub const DEFAULT_KEY_PREFIX: &str = "outpost:rl:";
-/// Longest a request waits for Redis before it is served by the local limiter instead.
-pub const COMMAND_TIMEOUT: Duration = Duration::from_millis(100);
-/// Connecting happens in the background only, so it may take longer than a command.
-const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
-const RECONNECT_MIN: Duration = Duration::from_millis(50);
-const RECONNECT_MAX: Duration = Duration::from_secs(1);
 
 /// KEYS: TAT, pause-until. ARGV: interval µs, burst, budget µs, local pause left µs.
 /// Returns `{code, wait µs, pause left µs}`: 0 admitted after `wait` (slot reserved), 1 over
@@ -116,10 +109,6 @@ pub enum Verdict {
     Paused { retry_after: Duration },
 }
 
-const CONNECTING: u8 = 0;
-const UP: u8 = 1;
-const DOWN: u8 = 2;
-
 /// The Redis side of one upstream: the connection its buckets share and its degraded state.
 #[derive(Clone)]
 pub struct SharedStore {
@@ -128,18 +117,12 @@ pub struct SharedStore {
 
 struct Inner {
     upstream: String,
-    client: redis::Client,
-    conn: ArcSwapOption<MultiplexedConnection>,
+    link: RedisLink,
     admit: Script,
     pause: Script,
     prefix: String,
     interval_us: u64,
     burst: u32,
-    state: AtomicU8,
-    connector_running: AtomicBool,
-    /// Woken when the first connection attempt has ended, either way.
-    first_attempt: tokio::sync::Notify,
-    degraded_gauge: Option<metrics::Gauge>,
 }
 
 /// One bucket (an upstream, or one key of its pool) in Redis.
@@ -166,7 +149,7 @@ impl SharedStore {
     }
 
     /// Connects in the background (when called inside a tokio runtime; otherwise on first use).
-    /// Never logs `redis_url`: it may hold a password.
+    /// Never logs a Redis URL: it may hold a password.
     pub fn new(
         upstream: &str,
         rate: &RateLimit,
@@ -174,31 +157,34 @@ impl SharedStore {
         prefix: &str,
         degraded_gauge: Option<metrics::Gauge>,
     ) -> Result<SharedStore, String> {
-        let client = redis::Client::open(shared.redis_url.expose()).map_err(|e| {
-            format!("upstream `{upstream}`: rate_limit.shared.redis_url is not usable: {e}")
-        })?;
+        let admit = Script::new(ADMIT_LUA);
+        let pause = Script::new(PAUSE_LUA);
+        let purpose = Purpose {
+            what: "shared rate limit",
+            owner_kind: OwnerKind::Upstream,
+            owner: upstream.to_string(),
+            fallback: "limiting locally at rate / expected_replicas",
+            restored: "shared budget restored",
+        };
+        let link = RedisLink::new(
+            &shared.redis,
+            purpose,
+            vec![admit.clone(), pause.clone()],
+            degraded_gauge,
+        )
+        .map_err(|e| format!("upstream `{upstream}`: rate_limit.{e}"))?;
         let interval_us = (rate.per.as_secs_f64() * 1e6 / rate.requests).round() as u64;
-        if let Some(g) = &degraded_gauge {
-            g.set(1.0);
-        }
-        let store = SharedStore {
+        Ok(SharedStore {
             inner: Arc::new(Inner {
                 upstream: upstream.to_string(),
-                client,
-                conn: ArcSwapOption::empty(),
-                admit: Script::new(ADMIT_LUA),
-                pause: Script::new(PAUSE_LUA),
+                link,
+                admit,
+                pause,
                 prefix: prefix.to_string(),
                 interval_us: interval_us.max(1),
                 burst: rate.burst.max(1),
-                state: AtomicU8::new(CONNECTING),
-                connector_running: AtomicBool::new(false),
-                first_attempt: tokio::sync::Notify::new(),
-                degraded_gauge,
             }),
-        };
-        store.inner.ensure_connector();
-        Ok(store)
+        })
     }
 
     /// The bucket of pool key `key_index` (0 without a pool).
@@ -217,7 +203,7 @@ impl SharedStore {
     /// True while requests are served by the local limiter (Redis unreachable, or not yet
     /// connected).
     pub fn is_degraded(&self) -> bool {
-        self.inner.conn.load().is_none()
+        self.inner.link.is_degraded()
     }
 }
 
@@ -229,11 +215,6 @@ impl SharedBucket {
         budget: Duration,
         local_pause: Option<Duration>,
     ) -> Option<Verdict> {
-        let conn = match self.inner.conn.load_full() {
-            Some(conn) => conn,
-            None => self.inner.first_connection().await?,
-        };
-        let mut c = MultiplexedConnection::clone(&conn);
         let mut invocation = self.inner.admit.prepare_invoke();
         invocation
             .key(&self.key)
@@ -242,23 +223,11 @@ impl SharedBucket {
             .arg(self.inner.burst)
             .arg(micros(budget))
             .arg(local_pause.map_or(0, micros));
-        let answer = tokio::time::timeout(
-            COMMAND_TIMEOUT,
-            invocation.invoke_async::<(i64, i64, i64)>(&mut c),
-        )
-        .await;
-        let (code, wait, pause_left) = match answer {
-            Ok(Ok(answer)) => answer,
-            Ok(Err(e)) => {
-                self.inner.lost(&conn, &e);
-                return None;
-            }
-            Err(_) => {
-                self.inner
-                    .lost(&conn, &"no answer within the command timeout");
-                return None;
-            }
-        };
+        let (code, wait, pause_left) = self
+            .inner
+            .link
+            .invoke::<(i64, i64, i64)>(&invocation)
+            .await?;
         let us = |v: i64| Duration::from_micros(v.max(0) as u64);
         let interval = Duration::from_micros(self.inner.interval_us);
         Some(match code {
@@ -278,153 +247,24 @@ impl SharedBucket {
     /// Pause this bucket on every replica for `pause` (the upstream answered 429). Written in
     /// the background; while degraded, only the local pause applies.
     pub fn pause_for(&self, pause: Duration) {
-        let Some(conn) = self.inner.conn.load_full() else {
+        if self.inner.link.is_degraded() {
             return;
-        };
+        }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             return;
         };
         let inner = self.inner.clone();
         let key = self.pause_key.clone();
         runtime.spawn(async move {
-            let mut c = MultiplexedConnection::clone(&conn);
             let mut invocation = inner.pause.prepare_invoke();
             invocation.key(&key).arg(micros(pause));
-            match tokio::time::timeout(COMMAND_TIMEOUT, invocation.invoke_async::<i64>(&mut c))
-                .await
-            {
-                Ok(Ok(_)) => {}
-                Ok(Err(e)) => inner.lost(&conn, &e),
-                Err(_) => inner.lost(&conn, &"no answer within the command timeout"),
-            }
+            let _ = inner.link.invoke_if_up::<i64>(&invocation).await;
         });
     }
 }
 
 fn micros(d: Duration) -> u64 {
     u64::try_from(d.as_micros()).unwrap_or(u64::MAX / 4)
-}
-
-impl Inner {
-    /// A command on `failed` did not succeed: drop that connection (unless a newer one already
-    /// replaced it), go degraded and reconnect in the background.
-    fn lost(self: &Arc<Self>, failed: &Arc<MultiplexedConnection>, error: &dyn std::fmt::Display) {
-        let previous = self
-            .conn
-            .compare_and_swap(&Some(failed.clone()), None::<Arc<MultiplexedConnection>>);
-        let was_current = previous.as_ref().is_some_and(|p| Arc::ptr_eq(p, failed));
-        if was_current {
-            self.went_down(error);
-            self.ensure_connector();
-        }
-    }
-
-    fn went_down(&self, error: &dyn std::fmt::Display) {
-        if self.state.swap(DOWN, Ordering::AcqRel) != DOWN {
-            if let Some(g) = &self.degraded_gauge {
-                g.set(1.0);
-            }
-            tracing::warn!(
-                upstream = %self.upstream,
-                error = %error,
-                "shared rate limit: redis unreachable; limiting locally at rate / expected_replicas until it is back"
-            );
-        }
-    }
-
-    fn came_up(&self) {
-        let before = self.state.swap(UP, Ordering::AcqRel);
-        if let Some(g) = &self.degraded_gauge {
-            g.set(0.0);
-        }
-        match before {
-            DOWN => {
-                tracing::info!(upstream = %self.upstream, "shared rate limit: redis reachable again; shared budget restored")
-            }
-            CONNECTING => {
-                tracing::debug!(upstream = %self.upstream, "shared rate limit: connected to redis")
-            }
-            _ => {}
-        }
-    }
-
-    /// No connection: while the very first attempt (after start or reload) is under way, wait
-    /// for it, at most [`COMMAND_TIMEOUT`], so a new process or config generation starts on the
-    /// shared budget; otherwise (Redis is known to be down) `None` at once.
-    async fn first_connection(self: &Arc<Self>) -> Option<Arc<MultiplexedConnection>> {
-        let attempted = self.first_attempt.notified();
-        tokio::pin!(attempted);
-        attempted.as_mut().enable();
-        self.ensure_connector();
-        if self.state.load(Ordering::Acquire) != CONNECTING {
-            return self.conn.load_full();
-        }
-        let _ = tokio::time::timeout(COMMAND_TIMEOUT, attempted).await;
-        self.conn.load_full()
-    }
-
-    /// Start the background connector unless it runs already (or there is no runtime yet).
-    fn ensure_connector(self: &Arc<Self>) {
-        if self.connector_running.swap(true, Ordering::AcqRel) {
-            return;
-        }
-        match tokio::runtime::Handle::try_current() {
-            Ok(runtime) => {
-                runtime.spawn(connect_loop(Arc::downgrade(self)));
-            }
-            Err(_) => self.connector_running.store(false, Ordering::Release),
-        }
-    }
-
-    /// A fresh connection with both scripts loaded (so a server restart's empty script cache,
-    /// or a script Redis refuses, shows here rather than on requests).
-    async fn connect(&self) -> redis::RedisResult<MultiplexedConnection> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(CONNECT_TIMEOUT))
-            .set_response_timeout(Some(CONNECT_TIMEOUT));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await?;
-        self.admit.load_async(&mut conn).await?;
-        self.pause.load_async(&mut conn).await?;
-        Ok(conn)
-    }
-}
-
-/// Connect with jittered exponential backoff until connected or the store is dropped (reload).
-async fn connect_loop(store: Weak<Inner>) {
-    let mut backoff = RECONNECT_MIN;
-    loop {
-        let Some(inner) = store.upgrade() else {
-            return;
-        };
-        if inner.conn.load().is_none() {
-            match tokio::time::timeout(CONNECT_TIMEOUT * 2, inner.connect()).await {
-                Ok(Ok(conn)) => {
-                    inner.conn.store(Some(Arc::new(conn)));
-                    inner.came_up();
-                    backoff = RECONNECT_MIN;
-                }
-                Ok(Err(e)) => inner.went_down(&e),
-                Err(_) => inner.went_down(&"connect timed out"),
-            }
-            inner.first_attempt.notify_waiters();
-        }
-        if inner.conn.load().is_some() {
-            inner.connector_running.store(false, Ordering::Release);
-            // A request may have dropped the new connection before the flag was cleared, and
-            // seen the connector still running: look once more.
-            if inner.conn.load().is_some() || inner.connector_running.swap(true, Ordering::AcqRel) {
-                return;
-            }
-            continue;
-        }
-        drop(inner);
-        let jitter = rand::random::<f64>() * 0.5 + 0.75;
-        tokio::time::sleep(backoff.mul_f64(jitter)).await;
-        backoff = (backoff * 2).min(RECONNECT_MAX);
-    }
 }
 
 #[cfg(test)]
@@ -445,7 +285,9 @@ mod tests {
     #[test]
     fn keys_carry_prefix_upstream_key_and_a_hash_tag() {
         let shared = SharedLimit {
-            redis_url: crate::config::Secret::new("redis://127.0.0.1:1"),
+            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new(
+                "redis://127.0.0.1:1",
+            )),
             expected_replicas: 2,
             key_prefix: "outpost:rl:".into(),
         };
@@ -461,7 +303,9 @@ mod tests {
     #[test]
     fn an_unusable_url_is_a_build_error_that_does_not_echo_it() {
         let shared = SharedLimit {
-            redis_url: crate::config::Secret::new("redis://user:s3cret@[::1"),
+            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new(
+                "redis://user:s3cret@[::1",
+            )),
             expected_replicas: 2,
             key_prefix: "outpost:rl:".into(),
         };
@@ -475,7 +319,9 @@ mod tests {
     async fn unreachable_redis_answers_none_at_once() {
         // Port 1 on loopback refuses connections.
         let shared = SharedLimit {
-            redis_url: crate::config::Secret::new("redis://127.0.0.1:1"),
+            redis: crate::config::RedisTarget::Standalone(crate::config::Secret::new(
+                "redis://127.0.0.1:1",
+            )),
             expected_replicas: 2,
             key_prefix: "outpost:rl:".into(),
         };

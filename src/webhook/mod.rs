@@ -21,6 +21,7 @@ mod github;
 mod hmac_generic;
 pub mod receiver;
 pub mod replay;
+pub mod replay_redis;
 mod sendgrid;
 mod shopify;
 mod slack;

@@ -30,6 +30,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use super::replay::{self, Claim, ReplayCache};
+use super::replay_redis::SharedReplay;
 use super::{now_unix, Rejection, Verified, Verifier};
 use crate::body::{boxed, full, BoxBody};
 use crate::capture::inspector::WebhookReplayer;
@@ -37,7 +38,7 @@ use crate::capture::{CaptureRing, Exchange, Recording};
 use crate::config::{Config, Webhook, WebhookLimits};
 use crate::error::StartError;
 use crate::error::{ErrorBody, ProxyError, X_REQUEST_ID};
-use crate::metrics::{Metrics, WEBHOOKS_TOTAL};
+use crate::metrics::{Metrics, WEBHOOKS_TOTAL, WEBHOOK_REPLAY_SHARED_DEGRADED};
 use crate::net::headers::{sanitize_request, sanitize_response};
 use crate::net::RequestIds;
 use crate::server::{ListenerLimits, Refusals};
@@ -70,6 +71,8 @@ pub struct Route {
     pub hook: Arc<Webhook>,
     verifier: Verifier,
     counters: HashMap<&'static str, Counter>,
+    /// `shared:`: the replay guard in Redis, consulted after the local one.
+    shared: Option<SharedReplay>,
 }
 
 impl Route {
@@ -120,12 +123,27 @@ impl Routes {
                     )
                 })
                 .collect();
+            let shared = match &hook.shared {
+                Some(target) => Some(
+                    SharedReplay::new(
+                        &hook.name,
+                        target,
+                        Some(metrics.gauge(
+                            WEBHOOK_REPLAY_SHARED_DEGRADED,
+                            vec![Label::new("webhook", hook.name.clone())],
+                        )),
+                    )
+                    .map_err(|e| format!("webhooks.{}.{e}", hook.name))?,
+                ),
+                None => None,
+            };
             by_path.insert(
                 hook.path.clone(),
                 Arc::new(Route {
                     hook: hook.clone(),
                     verifier,
                     counters,
+                    shared,
                 }),
             );
         }
@@ -419,44 +437,52 @@ impl Receiver {
         if let Some(id) = &verified.delivery_id {
             keys.push(replay::key(&hook.name, "id", id.as_bytes()));
         }
-        match self
-            .replay
-            .claim(&keys, FORWARD_TIMEOUT + Duration::from_secs(5))
-        {
-            Claim::Fresh => {}
-            Claim::Replayed => {
-                return (Some("replayed"), "already delivered", replayed(request_id))
-            }
-            Claim::InProgress => {
-                let mut response = reject(
-                    "webhook_delivery_in_progress",
-                    StatusCode::CONFLICT,
-                    "a copy of this delivery is being forwarded; retry later",
-                    request_id,
-                );
-                response
-                    .headers_mut()
-                    .insert(RETRY_AFTER, HeaderValue::from_static("5"));
-                return (Some("replayed"), "copy in flight", response);
+        let pending_for = FORWARD_TIMEOUT + Duration::from_secs(5);
+        if let Some(answer) = claim_answer(self.replay.claim(&keys, pending_for), request_id) {
+            return answer;
+        }
+        // The shared guard: another replica may have forwarded (or be forwarding) this
+        // delivery. Without an answer from Redis the local guard alone decides.
+        let shared = route.shared.as_ref();
+        let claim_id = match shared {
+            Some(_) => uuid::Uuid::new_v4().simple().to_string(),
+            None => String::new(),
+        };
+        if let Some(shared) = shared {
+            if let Some(claim) = shared.claim(&keys, pending_for, &claim_id).await {
+                if let Some(answer) = claim_answer(claim, request_id) {
+                    self.replay.release(&keys);
+                    return answer;
+                }
             }
         }
+        let release = || async {
+            self.replay.release(&keys);
+            if let Some(shared) = shared {
+                shared.release(&keys, &claim_id).await;
+            }
+        };
 
         match self.forward(route, parts, body).await {
             Ok(response) if response.status().is_server_error() => {
-                self.replay.release(&keys);
+                release().await;
                 (Some("forward_failed"), "application answered 5xx", response)
             }
             Ok(response) => {
                 if response.status().is_success() {
-                    self.replay.complete(&keys, route.window(&verified));
+                    let window = route.window(&verified);
+                    self.replay.complete(&keys, window);
+                    if let Some(shared) = shared {
+                        shared.complete(&keys, window).await;
+                    }
                 } else {
                     // The application refused it: let the provider's retry through again.
-                    self.replay.release(&keys);
+                    release().await;
                 }
                 (Some("verified"), "forwarded", response)
             }
             Err(reason) => {
-                self.replay.release(&keys);
+                release().await;
                 let message = format!(
                     "{}: the application could not be reached ({reason})",
                     hook.name
@@ -540,6 +566,28 @@ impl WebhookReplayer for Receiver {
                 Err(reason) => Err(format!("the application could not be reached ({reason})")),
             }
         })
+    }
+}
+
+type Answer = (Option<&'static str>, &'static str, Response<BoxBody>);
+
+/// The answer to a delivery the replay guard does not let through; `None` for a fresh one.
+fn claim_answer(claim: Claim, request_id: &str) -> Option<Answer> {
+    match claim {
+        Claim::Fresh => None,
+        Claim::Replayed => Some((Some("replayed"), "already delivered", replayed(request_id))),
+        Claim::InProgress => {
+            let mut response = reject(
+                "webhook_delivery_in_progress",
+                StatusCode::CONFLICT,
+                "a copy of this delivery is being forwarded; retry later",
+                request_id,
+            );
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from_static("5"));
+            Some((Some("replayed"), "copy in flight", response))
+        }
     }
 }
 
