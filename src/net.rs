@@ -72,6 +72,21 @@ impl RequestIds {
     }
 }
 
+/// Set once the listener drains: a connection that has not sent a byte of a request yet is
+/// closed instead of being waited for (its watcher would hold the drain until the header
+/// read timeout).
+#[derive(Clone)]
+pub struct Draining(tokio::sync::watch::Receiver<bool>);
+
+impl Draining {
+    /// Resolves when the drain starts (never, if the accept loop is gone without one).
+    pub async fn started(&mut self) {
+        if self.0.wait_for(|d| *d).await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
 /// Accept connections until `shutdown` (at most `max_connections` open at once: more wait in
 /// the kernel's backlog), run `serve` for each on its own task, then give open connections up
 /// to `drain_timeout` to finish. `serve` gets a graceful-shutdown watcher for its connection.
@@ -83,11 +98,12 @@ pub async fn accept_loop<F, Fut>(
     shutdown: impl Future<Output = ()>,
     serve: F,
 ) where
-    F: Fn(TcpStream, Watcher) -> Fut,
+    F: Fn(TcpStream, Watcher, Draining) -> Fut,
     Fut: Future<Output = ()> + Send + 'static,
 {
     let permits = Arc::new(Semaphore::new(max_connections));
     let graceful = GracefulShutdown::new();
+    let (drain, draining) = tokio::sync::watch::channel(false);
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -107,13 +123,16 @@ pub async fn accept_loop<F, Fut>(
             () = &mut shutdown => break,
         };
         let _ = stream.set_nodelay(true);
-        let connection = serve(stream, graceful.watcher());
+        let connection = serve(stream, graceful.watcher(), Draining(draining.clone()));
         tokio::spawn(async move {
             let _permit = permit;
             connection.await;
         });
     }
     drop(listener);
+    // Connections still waiting for their first request close now (`Draining`); hyper closes
+    // its idle keep-alive ones through the watchers.
+    let _ = drain.send(true);
     if tokio::time::timeout(drain_timeout, graceful.shutdown())
         .await
         .is_err()

@@ -109,7 +109,7 @@ pub async fn serve_checked<R, H, Fut>(
         drain_timeout,
         what,
         shutdown,
-        move |stream, watcher| {
+        move |stream, watcher, mut draining| {
             let builder = builder.clone();
             let handler = handler.clone();
             let limits = limits.clone();
@@ -117,7 +117,7 @@ pub async fn serve_checked<R, H, Fut>(
             async move {
                 let mut io =
                     Framed::new(stream, limits.max_header_bytes, limits.header_read_timeout);
-                if !first_head(&mut io, &limits, &*refusals).await {
+                if !first_head(&mut io, &limits, &*refusals, &mut draining).await {
                     return;
                 }
                 let shared = io.shared();
@@ -177,8 +177,29 @@ async fn first_head(
     io: &mut Framed<TcpStream>,
     limits: &ListenerLimits,
     refusals: &impl Refusals,
+    draining: &mut crate::net::Draining,
 ) -> bool {
-    let refusal = match tokio::time::timeout(limits.header_read_timeout, io.first_head()).await {
+    enum Step {
+        Read(Result<std::io::Result<First>, tokio::time::error::Elapsed>),
+        Drain,
+    }
+    let deadline = tokio::time::Instant::now() + limits.header_read_timeout;
+    let mut watching = true;
+    // `first_head` keeps what it read in `io`, so it can be polled again after a drain signal.
+    let read = loop {
+        let step = tokio::select! {
+            read = tokio::time::timeout_at(deadline, io.first_head()) => Step::Read(read),
+            () = draining.started(), if watching => Step::Drain,
+        };
+        match step {
+            Step::Read(read) => break read,
+            // Nothing of a request yet: close, as for any idle connection when draining.
+            Step::Drain if io.is_idle() => return false,
+            // A head under way: let it arrive (within its deadline) and be answered.
+            Step::Drain => watching = false,
+        }
+    };
+    let refusal = match read {
         Ok(Ok(First::Serve)) => return true,
         Ok(Ok(First::Closed)) | Ok(Err(_)) => return false,
         Ok(Ok(First::Refuse(refusal))) => refusal,

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use http::{Request, Response};
 use support::*;
-use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
 use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
@@ -434,6 +434,49 @@ async fn drain_is_bounded_by_drain_timeout() {
         started.elapsed()
     );
     drop(in_flight);
+}
+
+/// Connections that never sent a byte do not hold the drain (found by the Redis-state work:
+/// each pre-opened idle connection kept SIGTERM waiting for the header read timeout): they are
+/// closed at once, while a request in flight still finishes (the test above).
+#[tokio::test]
+async fn idle_connections_do_not_hold_the_drain() {
+    let mock = MockUpstream::ok().await;
+    let mut binary = Binary::start(
+        &format!(
+            "drain_timeout: 60s\nlimits: {{ header_read_timeout: 60s }}\nupstreams:\n  api:\n    base_url: {}\n",
+            mock.url("")
+        ),
+        &[],
+    )
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(TcpStream::connect(binary.app_addr).await.unwrap());
+    }
+    // Accepted before the signal: a full request on a later connection has been served.
+    assert_eq!(
+        try_status(&binary.url("/api/v1/ping")).await,
+        Some(200),
+        "serving before the signal"
+    );
+    let sent = tokio::time::Instant::now();
+    binary.signal("TERM");
+    let status = binary.wait().await;
+    assert_eq!(status.code(), Some(0), "{status}");
+    assert!(
+        sent.elapsed() < Duration::from_secs(30),
+        "exit took {:?}: idle connections held the drain (header_read_timeout 60s)",
+        sent.elapsed()
+    );
+    for mut conn in idle {
+        let mut rest = Vec::new();
+        let closed = conn.read_to_end(&mut rest).await;
+        assert!(
+            closed.is_err() || rest.is_empty(),
+            "an idle connection got {rest:?}"
+        );
+    }
 }
 
 /// Split a shell line the way the demo's curl commands need: single and double quotes,
