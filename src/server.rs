@@ -137,8 +137,36 @@ pub async fn serve_checked<R, H, Fut>(
                         Ok::<_, Infallible>(response.map(|body| Answer::new(body, exchange)))
                     }
                 });
+                // Served until it ends, and shut down gracefully (requests in flight finish,
+                // then it closes) when the listener drains or once no request has been in
+                // flight for `idle_timeout`: hyper's own idle timeout covers only an HTTP/1
+                // keep-alive wait, and an HTTP/2 connection with no stream open would
+                // otherwise be held for ever. The watcher is held to the end, so the drain
+                // waits for this connection.
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                let served = watcher.watch(conn.into_owned()).await;
+                let _watcher = watcher;
+                let idle = limits.idle_timeout;
+                let mut conn = std::pin::pin!(conn);
+                let mut shut = false;
+                let check = tokio::time::sleep(idle);
+                tokio::pin!(check);
+                let served = loop {
+                    tokio::select! {
+                        served = conn.as_mut() => break served,
+                        () = draining.started(), if !shut => {
+                            shut = true;
+                            conn.as_mut().graceful_shutdown();
+                        }
+                        () = &mut check, if !shut => match shared.idle_since() {
+                            Some(since) if since.elapsed() >= idle => {
+                                shut = true;
+                                conn.as_mut().graceful_shutdown();
+                            }
+                            Some(since) => check.as_mut().reset(since + idle),
+                            None => check.as_mut().reset(tokio::time::Instant::now() + idle),
+                        },
+                    }
+                };
                 if let Err(e) = served {
                     tracing::debug!(listener = what, error = %e, "connection ended with an error");
                 }

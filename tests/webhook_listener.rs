@@ -280,3 +280,49 @@ async fn the_webhook_listener_has_its_own_connection_cap() {
     assert_eq!(guard("queued delivery", waiting).await.expect("task"), 200);
     assert_eq!(app.count(), 1);
 }
+
+/// HTTP/2 (prior knowledge) on the webhook listener: a delivery is served, and a connection
+/// that then keeps no stream open is closed after `webhook_limits.idle_timeout` (hyper's own
+/// idle timeout covers only HTTP/1 keep-alive; before, such a connection was held for ever).
+#[tokio::test]
+async fn an_idle_http2_connection_is_closed_by_the_idle_timeout() {
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let app = MockUpstream::start(|_| Reply::text(200, "thanks")).await;
+    let (_proxy, addr) = start(&app, "webhook_limits: { idle_timeout: 1s }").await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut sender, conn) = hyper::client::conn::http2::handshake::<_, _, Full<bytes::Bytes>>(
+        TokioExecutor::new(),
+        TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    let closed = tokio::spawn(async move {
+        let _ = conn.await;
+        Instant::now()
+    });
+    let body = r#"{"action":"opened"}"#;
+    let request = http::Request::post(format!("http://{addr}/gh"))
+        .header("content-type", "application/json")
+        .header("x-hub-signature-256", signature(body.as_bytes()))
+        .body(Full::new(bytes::Bytes::from(body)))
+        .unwrap();
+    let response = guard("h2 delivery", sender.send_request(request))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let _ = response.into_body().collect().await;
+    let answered = Instant::now();
+    assert_eq!(app.count(), 1);
+    // Kept open without a stream: the server ends the connection (GOAWAY, then close).
+    let closed_at = tokio::time::timeout(Duration::from_secs(20), closed)
+        .await
+        .expect("the idle HTTP/2 connection was closed")
+        .unwrap();
+    let idle_for = closed_at.duration_since(answered);
+    assert!(
+        idle_for >= Duration::from_millis(900),
+        "closed after {idle_for:?}, before the 1 s idle timeout"
+    );
+}

@@ -22,8 +22,13 @@ const READ_CHUNK: usize = 4096;
 
 /// What [`Framed`] shares with the connection's service and with `server.rs`.
 pub(crate) struct Shared<S> {
+    /// Requests handed to the service ([`Exchange`]s made).
+    started: AtomicU64,
     /// Requests whose answer hyper is done with ([`Exchange`]s dropped).
     answered: AtomicU64,
+    /// When the last answer ended (or the connection began), in ms since `born`.
+    last_answer_ms: AtomicU64,
+    born: Instant,
     /// An answer switched protocols.
     switched: AtomicBool,
     /// The socket, left here by a dropped [`Framed`] whose refusal is still to be answered.
@@ -33,6 +38,18 @@ pub(crate) struct Shared<S> {
 impl<S> Shared<S> {
     fn answered(&self) -> u64 {
         self.answered.load(Ordering::Acquire)
+    }
+
+    /// `Some(since)`: no request is in hyper's hands, and none has been since `since`; `None`:
+    /// a request is in flight, or the connection switched protocols (no longer HTTP).
+    pub fn idle_since(&self) -> Option<Instant> {
+        let answered = self.answered();
+        if self.started.load(Ordering::Acquire) != answered || self.switched.load(Ordering::Acquire)
+        {
+            return None;
+        }
+        let ms = self.last_answer_ms.load(Ordering::Acquire);
+        Some(self.born + Duration::from_millis(ms))
     }
 
     /// The socket and the refusal to answer on it, once hyper has let go of the connection.
@@ -49,6 +66,7 @@ pub(crate) struct Exchange<S> {
 
 impl<S> Exchange<S> {
     pub fn new(shared: &Arc<Shared<S>>) -> Self {
+        shared.started.fetch_add(1, Ordering::AcqRel);
         Exchange {
             shared: shared.clone(),
         }
@@ -62,7 +80,10 @@ impl<S> Exchange<S> {
 
 impl<S> Drop for Exchange<S> {
     fn drop(&mut self) {
-        self.shared.answered.fetch_add(1, Ordering::Release);
+        let shared = &self.shared;
+        let ms = u64::try_from(shared.born.elapsed().as_millis()).unwrap_or(u64::MAX);
+        shared.last_answer_ms.store(ms, Ordering::Release);
+        shared.answered.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -147,7 +168,10 @@ impl<S> Framed<S> {
             timer: None,
             timer_for: None,
             shared: Arc::new(Shared {
+                started: AtomicU64::new(0),
                 answered: AtomicU64::new(0),
+                last_answer_ms: AtomicU64::new(0),
+                born: Instant::now(),
                 switched: AtomicBool::new(false),
                 handback: Mutex::new(None),
             }),
