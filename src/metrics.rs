@@ -22,6 +22,11 @@ pub const AUTH_KEY_HEALTHY: &str = "outpost_auth_key_healthy";
 /// Extension: 1 while an upstream's shared (Redis) rate limit is not reachable and each replica
 /// limits itself to `rate / expected_replicas`.
 pub const RATE_LIMIT_SHARED_DEGRADED: &str = "outpost_rate_limit_shared_degraded";
+/// `rate_limit.quota`: the budget the upstream last reported (requests or points).
+pub const UPSTREAM_QUOTA_REMAINING: &str = "outpost_upstream_quota_remaining";
+/// Extension: requests per second the quota pacing currently allows (the configured rate,
+/// lowered by the learned budget; `+Inf` while nothing bounds it).
+pub const UPSTREAM_PACING_RATE: &str = "outpost_upstream_pacing_rate";
 /// Log lines dropped because the log sink (stderr) was slower than the proxy (DESIGN.md).
 pub const LOG_LINES_DROPPED_TOTAL: &str = "outpost_log_lines_dropped_total";
 
@@ -42,6 +47,8 @@ pub const ALL: &[&str] = &[
     AUTH_KEY_HEALTHY,
     RATE_LIMIT_SHARED_DEGRADED,
     LOG_LINES_DROPPED_TOTAL,
+    UPSTREAM_QUOTA_REMAINING,
+    UPSTREAM_PACING_RATE,
 ];
 
 use std::collections::{HashMap, HashSet};
@@ -186,6 +193,16 @@ impl Metrics {
             None,
             "1 while the shared (Redis) rate limit is unreachable and the local fallback limits."
                 .into(),
+        );
+        r.describe_gauge(
+            d(UPSTREAM_QUOTA_REMAINING),
+            None,
+            "The quota the upstream last reported left (rate_limit.quota).".into(),
+        );
+        r.describe_gauge(
+            d(UPSTREAM_PACING_RATE),
+            None,
+            "Requests per second quota pacing currently allows.".into(),
         );
     }
 

@@ -42,6 +42,7 @@ pub mod layer;
 pub mod limit;
 pub mod normalize;
 pub mod oauth;
+pub mod quota;
 pub mod ratelimit;
 pub mod refresh;
 pub mod replay;
@@ -76,7 +77,10 @@ use crate::body::{boxed, BoxBody, Guarded};
 use crate::client::Clients;
 use crate::config::{Auth, ErrorMode, Upstream};
 use crate::error::{classify_status, FailureKind, ProxyError, X_OUTPOST_ERROR};
-use crate::metrics::{Metrics, UpstreamMetrics, AUTH_KEY_HEALTHY, RATE_LIMIT_QUEUED};
+use crate::metrics::{
+    Metrics, UpstreamMetrics, AUTH_KEY_HEALTHY, RATE_LIMIT_QUEUED, UPSTREAM_PACING_RATE,
+    UPSTREAM_QUOTA_REMAINING,
+};
 
 /// The request as it leaves the application, with the routing result.
 pub struct Outbound<'a> {
@@ -133,11 +137,14 @@ impl UpstreamStack {
             .map(|i| {
                 let limiter = match same_limits.and_then(|p| p.keys.limiter(i)) {
                     Some(limiter) => limiter.clone(),
-                    None => Arc::new(Limiter::with_shared(
-                        config.rate_limit.as_ref(),
-                        Some(queued.clone()),
-                        shared.as_ref().map(|s| s.bucket(i)),
-                    )),
+                    None => Arc::new(
+                        Limiter::with_shared(
+                            config.rate_limit.as_ref(),
+                            Some(queued.clone()),
+                            shared.as_ref().map(|s| s.bucket(i)),
+                        )
+                        .with_pacer(pacer(&config, &upstream_metrics)),
+                    ),
                 };
                 let healthy = upstream_metrics.gauge_with(AUTH_KEY_HEALTHY, "key", i.to_string());
                 KeySlot::new(limiter, healthy)
@@ -547,6 +554,21 @@ fn record_attempt(
             draft.limiter_wait(wait);
         }
     });
+}
+
+/// The quota pacer of one key, when `rate_limit.quota` is set.
+fn pacer(config: &Upstream, metrics: &UpstreamMetrics) -> Option<quota::Pacer> {
+    let rl = config.rate_limit.as_ref()?;
+    let signal = rl.quota?;
+    let shared = rl.shared.as_ref();
+    Some(quota::Pacer::new(
+        signal,
+        rl.per_second(),
+        shared.map_or(0, |s| s.expected_replicas.saturating_sub(1)),
+        shared.is_none(),
+        Some(metrics.gauge(UPSTREAM_QUOTA_REMAINING)),
+        Some(metrics.gauge(UPSTREAM_PACING_RATE)),
+    ))
 }
 
 /// Is the token-minting part of two auth configs the same (so a reload keeps the token)?

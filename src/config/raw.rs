@@ -72,6 +72,35 @@ pub(super) struct RawUpstream {
     /// Issue 13: `live` (default) | `record` | `replay` | `replay_or_record`.
     pub(super) mode: Option<super::capture::Mode>,
     pub(super) cassette: Option<super::capture::RawCassetteOptions>,
+    pub(super) graphql: Option<RawGraphql>,
+}
+
+/// `graphql: true | false | {path: /graphql}`.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawGraphql {
+    On(bool),
+    Path(RawGraphqlPath),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGraphqlPath {
+    pub(super) path: String,
+}
+
+/// `rate_limit.quota`: a signal, or `off` to drop a preset's.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+pub(super) enum RawQuota {
+    Signal(QuotaSignal),
+    Off(RawOff),
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(super) enum RawOff {
+    Off,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +176,7 @@ pub(super) struct RawRateLimit {
     pub(super) max_wait: Option<Dur>,
     pub(super) max_in_flight: Option<u32>,
     pub(super) shared: Option<RawShared>,
+    pub(super) quota: Option<RawQuota>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -217,6 +217,15 @@ impl<S: Service> Service for KeyLimit<S> {
         };
         let mut answered: Answered = self.inner.call(attempt).await?;
         let status = answered.response.status();
+        if let Some(limiter) = self.keys.limiter(key) {
+            if let Some(pacer) = limiter.pacer() {
+                // The budget is spent: hold this key (and, shared, every replica) until the
+                // reset, which also steers key selection away from it.
+                if let Some(until) = pacer.observe(answered.response.headers(), admission.seq) {
+                    limiter.pause_until(until);
+                }
+            }
+        }
         answered.wait = self
             .keys
             .observe(key, status, answered.response.headers(), &self.counters);
@@ -350,6 +359,7 @@ mod tests {
             max_wait: Duration::ZERO,
             max_in_flight: None,
             shared: None,
+            quota: None,
         };
         let (chain, script, _) = chain(1, Some(&rate), vec![(200, None), (200, None)]);
         call(&chain).await.unwrap();

@@ -24,6 +24,7 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::quota::Pacer;
 use super::shared::{SharedBucket, Verdict};
 use crate::config::RateLimit;
 
@@ -101,6 +102,8 @@ pub enum Rejected {
 #[derive(Debug)]
 pub struct Admission {
     _permit: Option<OwnedSemaphorePermit>,
+    /// The quota pacer's sequence number of this admission (0 without `quota`).
+    pub seq: u64,
 }
 
 impl Admission {
@@ -123,6 +126,8 @@ pub struct Limiter {
     paused_until: Mutex<Option<Instant>>,
     /// The replicas' common budget, when `rate_limit.shared` is set.
     shared: Option<SharedBucket>,
+    /// The budget learned from the upstream's quota headers (`rate_limit.quota`).
+    pacer: Option<Pacer>,
 }
 
 impl Limiter {
@@ -144,6 +149,13 @@ impl Limiter {
         shared: Option<SharedBucket>,
     ) -> Self {
         let (bucket, interval, max_wait, in_flight) = match config {
+            Some(rl) if !rl.has_rate() => (
+                None,
+                Duration::ZERO,
+                rl.max_wait,
+                rl.max_in_flight
+                    .map(|n| Arc::new(Semaphore::new(n as usize))),
+            ),
             Some(rl) => {
                 let (requests, burst) = match (&shared, &rl.shared) {
                     (Some(_), Some(s)) => degraded_share(rl, s.expected_replicas),
@@ -176,7 +188,19 @@ impl Limiter {
             in_flight,
             paused_until: Mutex::new(None),
             shared,
+            pacer: None,
         }
+    }
+
+    /// This limiter, pacing by the upstream's quota headers as well.
+    pub fn with_pacer(mut self, pacer: Option<Pacer>) -> Self {
+        self.pacer = pacer;
+        self
+    }
+
+    /// The quota pacer, when `rate_limit.quota` is set.
+    pub fn pacer(&self) -> Option<&Pacer> {
+        self.pacer.as_ref()
     }
 
     /// Requests waiting in the queue now.
@@ -208,8 +232,44 @@ impl Limiter {
             .filter(|d| !d.is_zero())
     }
 
-    /// Wait for a slot: FIFO, at most `max_wait` (which is also capped by `deadline`).
+    /// Wait for a slot: FIFO, at most `max_wait` (which is also capped by `deadline`). With a
+    /// quota pacer, the learned budget is waited for first.
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Admission, Rejected> {
+        let Some(pacer) = &self.pacer else {
+            return self.acquire_slot(deadline).await;
+        };
+        let start = Instant::now();
+        let mut budget = self.max_wait;
+        if let Some(d) = deadline {
+            budget = budget.min(d.saturating_duration_since(start));
+        }
+        if let Some(wait) = self.paused_for().filter(|w| *w > budget) {
+            return Err(Rejected::Upstream { retry_after: wait });
+        }
+        let seq = {
+            let _queued = Queued::enter(self);
+            pacer.admit(1.0, budget).await
+        };
+        let seq = match seq {
+            Ok(seq) => seq,
+            // The budget is spent until the upstream's reset: held back by the upstream.
+            Err(e) if e.exhausted => {
+                return Err(Rejected::Upstream {
+                    retry_after: e.retry_after,
+                })
+            }
+            Err(e) => {
+                return Err(Rejected::Local {
+                    retry_after: e.retry_after,
+                })
+            }
+        };
+        let mut admission = self.acquire_slot(deadline).await?;
+        admission.seq = seq;
+        Ok(admission)
+    }
+
+    async fn acquire_slot(&self, deadline: Option<Instant>) -> Result<Admission, Rejected> {
         let start = Instant::now();
         let mut budget = self.max_wait;
         if let Some(d) = deadline {
@@ -224,7 +284,8 @@ impl Limiter {
             }
         }
         if let Some(shared) = &self.shared {
-            if let Some(verdict) = shared.reserve(budget, paused).await {
+            let learned = self.pacer.as_ref().and_then(Pacer::learned_interval);
+            if let Some(verdict) = shared.reserve(budget, paused, learned).await {
                 return self.admit_shared(verdict, start, budget).await;
             }
             // Redis did not answer: the local share of the budget decides, below.
@@ -233,7 +294,10 @@ impl Limiter {
             if let Some(wait) = paused {
                 tokio::time::sleep(wait).await;
             }
-            return Ok(Admission { _permit: None });
+            return Ok(Admission {
+                _permit: None,
+                seq: 0,
+            });
         }
         if paused.is_some() {
             self.wait_in_queue(start, budget).await?;
@@ -329,17 +393,22 @@ impl Limiter {
         budget: Duration,
     ) -> Result<Admission, Rejected> {
         let Some(semaphore) = &self.in_flight else {
-            return Ok(Admission { _permit: None });
+            return Ok(Admission {
+                _permit: None,
+                seq: 0,
+            });
         };
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Ok(Admission {
                 _permit: Some(permit),
+                seq: 0,
             });
         }
         let deadline = far(start, budget);
         match tokio::time::timeout_at(deadline, semaphore.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Admission {
                 _permit: Some(permit),
+                seq: 0,
             }),
             _ => Err(Rejected::Local {
                 retry_after: self.interval.max(Duration::from_millis(100)),
@@ -370,6 +439,7 @@ mod tests {
             max_wait,
             max_in_flight,
             shared: None,
+            quota: None,
         }))
     }
 
@@ -477,6 +547,7 @@ mod tests {
             max_wait: Duration::ZERO,
             max_in_flight: None,
             shared: Some(shared.clone()),
+            quota: None,
         };
         let store = SharedStore::new("api", &rl, &shared, "t:", None).unwrap();
         let l = Limiter::with_shared(Some(&rl), None, Some(store.bucket(0)));
