@@ -71,6 +71,7 @@ mod files;
 mod mock;
 mod proxy;
 mod raw;
+mod redis;
 mod tls;
 
 #[allow(unused_imports)]
@@ -87,6 +88,8 @@ pub use mock::*;
 pub use proxy::*;
 #[allow(unused_imports)]
 pub use raw::*;
+#[allow(unused_imports)]
+pub use redis::*;
 #[allow(unused_imports)]
 pub use tls::*;
 pub mod browser;
