@@ -36,6 +36,7 @@ pub mod breaker;
 pub mod counters;
 pub mod credentials;
 pub mod endpoint;
+pub mod graphql;
 pub mod headers;
 pub mod jwt;
 pub mod layer;
@@ -562,7 +563,7 @@ fn pacer(config: &Upstream, metrics: &UpstreamMetrics) -> Option<quota::Pacer> {
     let signal = rl.quota?;
     let shared = rl.shared.as_ref();
     Some(quota::Pacer::new(
-        signal,
+        Some(signal),
         rl.per_second(),
         shared.map_or(0, |s| s.expected_replicas.saturating_sub(1)),
         shared.is_none(),

@@ -273,7 +273,8 @@ fn param(params: &str, key: &str) -> Option<f64> {
 
 /// The learned budget of one key, and the queue of requests waiting for it.
 pub struct Pacer {
-    signal: QuotaSignal,
+    /// The headers read (`None`: only budgets handed to [`Pacer::learn`], GraphQL cost data).
+    signal: Option<QuotaSignal>,
     state: Mutex<State>,
     /// Waiters in arrival order; only the head waits for the budget.
     turn: tokio::sync::Mutex<()>,
@@ -322,7 +323,7 @@ pub struct TooLong {
 
 impl Pacer {
     pub fn new(
-        signal: QuotaSignal,
+        signal: Option<QuotaSignal>,
         configured_rate: f64,
         extra_reserve: u32,
         space: bool,
@@ -354,10 +355,6 @@ impl Pacer {
             rate_gauge,
             configured_rate,
         }
-    }
-
-    pub fn signal(&self) -> QuotaSignal {
-        self.signal
     }
 
     /// Wait for `cost` of the budget, at most `budget` long. Returns the admission's sequence
@@ -454,7 +451,7 @@ impl Pacer {
     /// Learn from one answer's headers (admission `seq`). Returns the instant until which the
     /// budget is spent (the caller pauses the key's limiter until then), if it is.
     pub fn observe(&self, headers: &HeaderMap, seq: u64) -> Option<Instant> {
-        let budget = parse(self.signal, headers, SystemTime::now())?;
+        let budget = parse(self.signal?, headers, SystemTime::now())?;
         self.learn(budget, seq, 1.0)
     }
 
@@ -774,7 +771,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paces_the_remaining_budget_over_the_window() {
-        let p = Pacer::new(QuotaSignal::XRateLimit, f64::INFINITY, 0, true, None, None);
+        let p = Pacer::new(Some(QuotaSignal::XRateLimit), f64::INFINITY, 0, true, None, None);
         let seq = p.admit(1.0, Duration::MAX).await.unwrap();
         // 21 left for 10 s, reserve 2: 19 spread over 10 s; half of them may go at once.
         assert_eq!(p.observe(&window("21", "10"), seq), None);
@@ -796,7 +793,7 @@ mod tests {
         assert!(Instant::now() >= start + Duration::from_secs(10) + RESET_GRACE);
         assert!(Instant::now() - waited > Duration::ZERO);
         // And one that cannot wait that long is refused with the wait.
-        let p2 = Pacer::new(QuotaSignal::XRateLimit, f64::INFINITY, 0, true, None, None);
+        let p2 = Pacer::new(Some(QuotaSignal::XRateLimit), f64::INFINITY, 0, true, None, None);
         let seq = p2.admit(1.0, Duration::MAX).await.unwrap();
         let until = p2.observe(&window("0", "5"), seq).expect("spent");
         assert_eq!(until, Instant::now() + Duration::from_secs(5) + RESET_GRACE);
@@ -809,7 +806,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stale_and_in_flight_answers_do_not_overstate_the_budget() {
-        let p = Pacer::new(QuotaSignal::XRateLimit, f64::INFINITY, 0, false, None, None);
+        let p = Pacer::new(Some(QuotaSignal::XRateLimit), f64::INFINITY, 0, false, None, None);
         let first = p.admit(1.0, Duration::MAX).await.unwrap();
         let second = p.admit(1.0, Duration::MAX).await.unwrap();
         // The second's answer arrives first: 50 left, nothing admitted after it.
@@ -831,7 +828,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_leaky_bucket_serves_its_room_then_its_refill() {
-        let p = Pacer::new(QuotaSignal::Shopify, f64::INFINITY, 0, true, None, None);
+        let p = Pacer::new(Some(QuotaSignal::Shopify), f64::INFINITY, 0, true, None, None);
         let seq = p.admit(1.0, Duration::MAX).await.unwrap();
         // 36/40: 4 left, reserve 1 → 3 at once, then 2/s.
         p.observe(&headers(&[("x-shopify-shop-api-call-limit", "36/40")]), seq);
@@ -855,7 +852,7 @@ mod tests {
         let metrics = crate::metrics::Metrics::new();
         let m = crate::metrics::UpstreamMetrics::new(&metrics, "api");
         let p = Pacer::new(
-            QuotaSignal::XRateLimit,
+            Some(QuotaSignal::XRateLimit),
             50.0,
             0,
             true,
