@@ -341,6 +341,7 @@ mod tests {
                 progress: &progress,
                 auth: &AuthScope::default(),
                 can_refresh: true,
+                points: None,
             })
             .await
             .unwrap();

@@ -84,7 +84,10 @@ impl Operation {
 
 /// The kind of the operation `operation_name` selects in `document` (the only one when no
 /// name is given); `None` when the document does not parse or selects nothing.
-pub fn operation_kind(document: &str, operation_name: Option<&str>) -> Option<(Kind, Option<String>)> {
+pub fn operation_kind(
+    document: &str,
+    operation_name: Option<&str>,
+) -> Option<(Kind, Option<String>)> {
     let tree = apollo_parser::Parser::new(document)
         .recursion_limit(RECURSION_LIMIT)
         .token_limit(TOKEN_LIMIT)
@@ -199,7 +202,10 @@ impl Cost {
     /// The points bucket the answer reports.
     pub fn budget(&self) -> Option<Budget> {
         let maximum = self.maximum.filter(|m| m.is_finite() && *m >= 1.0)?;
-        let available = self.available.filter(|a| a.is_finite())?.clamp(0.0, maximum);
+        let available = self
+            .available
+            .filter(|a| a.is_finite())?
+            .clamp(0.0, maximum);
         let restore = self.restore_rate.filter(|r| r.is_finite() && *r > 0.0)?;
         Some(Budget {
             remaining: available,
@@ -214,7 +220,9 @@ impl Cost {
         let available = self.available?;
         let restore = self.restore_rate.filter(|r| *r > 0.0)?;
         let missing = (cost - available).max(0.0);
-        Some(Duration::from_secs_f64((missing / restore).min(MAX_THROTTLE_WAIT.as_secs_f64())))
+        Some(Duration::from_secs_f64(
+            (missing / restore).min(MAX_THROTTLE_WAIT.as_secs_f64()),
+        ))
     }
 }
 
@@ -418,7 +426,11 @@ impl<F: FnOnce(&[u8])> Body for Tap<F> {
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    if this.copy.as_ref().is_some_and(|c| c.len() + data.len() > TAP_BYTES) {
+                    if this
+                        .copy
+                        .as_ref()
+                        .is_some_and(|c| c.len() + data.len() > TAP_BYTES)
+                    {
                         *this.copy = None;
                     } else if let Some(copy) = this.copy.as_mut() {
                         copy.extend_from_slice(data);
@@ -460,16 +472,21 @@ mod tests {
     #[test]
     fn operations_by_keyword_and_name() {
         assert_eq!(kind(r#"{"query":"{ shop { name } }"}"#), Kind::Query);
-        assert_eq!(kind(r#"{"query":"query Q { shop { name } }"}"#), Kind::Query);
+        assert_eq!(
+            kind(r#"{"query":"query Q { shop { name } }"}"#),
+            Kind::Query
+        );
         assert_eq!(
             kind(r#"{"query":"mutation M { productCreate(input: {}) { id } }"}"#),
             Kind::Mutation
         );
-        assert_eq!(kind(r#"{"query":"subscription S { events { id } }"}"#), Kind::Subscription);
+        assert_eq!(
+            kind(r#"{"query":"subscription S { events { id } }"}"#),
+            Kind::Subscription
+        );
         let two = r#"query A { a } mutation B { b }"#;
-        let with = |name: &str| {
-            serde_json::json!({"query": two, "operationName": name}).to_string()
-        };
+        let with =
+            |name: &str| serde_json::json!({"query": two, "operationName": name}).to_string();
         assert_eq!(kind(&with("A")), Kind::Query);
         assert_eq!(kind(&with("B")), Kind::Mutation);
         assert_eq!(kind(&with("C")), Kind::Unknown, "no such operation");
@@ -484,8 +501,14 @@ mod tests {
 
     #[test]
     fn batches_are_queries_only_if_all_are() {
-        assert_eq!(kind(r#"[{"query":"{ a }"},{"query":"query { b }"}]"#), Kind::Query);
-        assert_eq!(kind(r#"[{"query":"{ a }"},{"query":"mutation { b }"}]"#), Kind::Mutation);
+        assert_eq!(
+            kind(r#"[{"query":"{ a }"},{"query":"query { b }"}]"#),
+            Kind::Query
+        );
+        assert_eq!(
+            kind(r#"[{"query":"{ a }"},{"query":"mutation { b }"}]"#),
+            Kind::Mutation
+        );
         assert_eq!(kind(r#"[{"query":"{ a }"},{"query":"{"}]"#), Kind::Unknown);
         assert_eq!(kind("[]"), Kind::Unknown);
     }
@@ -511,7 +534,10 @@ mod tests {
 
     #[test]
     fn get_query_strings() {
-        assert_eq!(classify_query_string("query=%7B%20a%20%7D").kind, Kind::Query);
+        assert_eq!(
+            classify_query_string("query=%7B%20a%20%7D").kind,
+            Kind::Query
+        );
         assert_eq!(
             classify_query_string("query=mutation+M+%7B+a+%7D&operationName=M").kind,
             Kind::Mutation
@@ -529,13 +555,19 @@ mod tests {
         let cost = facts.cost.unwrap();
         assert_eq!((cost.requested, cost.actual), (Some(101.0), Some(46.0)));
         let budget = cost.budget().unwrap();
-        assert_eq!((budget.remaining, budget.limit, budget.refill), (954.0, 1000.0, Some(50.0)));
+        assert_eq!(
+            (budget.remaining, budget.limit, budget.refill),
+            (954.0, 1000.0, Some(50.0))
+        );
         let throttled = br#"{"errors":[{"message":"Throttled","extensions":{"code":"THROTTLED"}}],
             "extensions":{"cost":{"requestedQueryCost":100,"throttleStatus":{"maximumAvailable":1000.0,
             "currentlyAvailable":20,"restoreRate":50.0}}}}"#;
         let facts = read_answer(throttled);
         assert!(facts.throttled);
-        assert_eq!(facts.cost.unwrap().wait_for(100.0), Some(Duration::from_millis(1600)));
+        assert_eq!(
+            facts.cost.unwrap().wait_for(100.0),
+            Some(Duration::from_millis(1600))
+        );
         // GitHub: errors[].type RATE_LIMITED.
         let github = br#"{"errors":[{"type":"RATE_LIMITED","message":"API rate limit exceeded"}]}"#;
         assert!(read_answer(github).throttled);
@@ -547,8 +579,20 @@ mod tests {
     fn costs_estimate_per_operation_then_overall() {
         let costs = Costs::default();
         assert_eq!(costs.estimate(Some("A")), 1.0);
-        costs.learn(Some("A"), &Cost { requested: Some(100.0), ..Default::default() });
-        costs.learn(Some("B"), &Cost { requested: Some(7.0), ..Default::default() });
+        costs.learn(
+            Some("A"),
+            &Cost {
+                requested: Some(100.0),
+                ..Default::default()
+            },
+        );
+        costs.learn(
+            Some("B"),
+            &Cost {
+                requested: Some(7.0),
+                ..Default::default()
+            },
+        );
         assert_eq!(costs.estimate(Some("A")), 100.0);
         assert_eq!(costs.estimate(Some("C")), 7.0, "the previous answer's");
         assert_eq!(costs.estimate(None), 7.0);

@@ -41,6 +41,9 @@ pub struct Attempt<'a> {
     pub auth: &'a AuthScope,
     /// A refused credential may still be refreshed and the request retried once.
     pub can_refresh: bool,
+    /// A GraphQL query's estimated points: drawn from the key's points bucket instead of its
+    /// request budget (`None` for every other request).
+    pub points: Option<f64>,
 }
 
 /// The upstream's answer on its way out, with what the layers learned.
@@ -57,6 +60,8 @@ pub struct Answered {
     pub key_rejected: bool,
     /// Another pooled key is not paused.
     pub other_key_free: bool,
+    /// The pooled key the attempt went with.
+    pub key: usize,
 }
 
 impl Answered {
@@ -68,6 +73,7 @@ impl Answered {
             credential_rejected: false,
             key_rejected: false,
             other_key_free: false,
+            key: 0,
         }
     }
 }
@@ -223,6 +229,7 @@ mod tests {
                 progress: &progress,
                 auth: &AuthScope::default(),
                 can_refresh: false,
+                points: None,
             })
             .await
             .unwrap();

@@ -176,14 +176,19 @@ pub struct KeyLimit<S> {
 
 impl<S> KeyLimit<S> {
     /// Wait for the key's rate limit (and in-flight cap), within the total deadline.
-    async fn admit(&self, key: usize, deadline: Instant) -> Result<Admission, ProxyError> {
+    async fn admit(
+        &self,
+        key: usize,
+        deadline: Instant,
+        points: Option<f64>,
+    ) -> Result<Admission, ProxyError> {
         let Some(limiter) = self.keys.limiter(key) else {
             return Err(ProxyError::CredentialsUnavailable {
                 upstream: self.keys.upstream.clone(),
                 reason: "no key is configured".into(),
             });
         };
-        match limiter.acquire(Some(deadline)).await {
+        match limiter.acquire_points(Some(deadline), points).await {
             Ok(admission) => Ok(admission),
             Err(Rejected::Local { retry_after }) => {
                 self.counters.limited_local.increment(1);
@@ -207,18 +212,19 @@ impl<S: Service> Service for KeyLimit<S> {
     async fn call<'a>(&'a self, mut attempt: Attempt<'a>) -> AttemptResult {
         let key = self.keys.pick()?;
         attempt.key = key;
+        let points = attempt.points;
         let admission = if attempt.progress.is_timed() {
             let waited = Instant::now();
-            let admission = self.admit(key, attempt.deadline).await;
+            let admission = self.admit(key, attempt.deadline, points).await;
             attempt.progress.add_limiter_wait(waited.elapsed());
             admission?
         } else {
-            self.admit(key, attempt.deadline).await?
+            self.admit(key, attempt.deadline, points).await?
         };
         let mut answered: Answered = self.inner.call(attempt).await?;
         let status = answered.response.status();
         if let Some(limiter) = self.keys.limiter(key) {
-            if let Some(pacer) = limiter.pacer() {
+            if let Some(pacer) = limiter.pacer_for(points) {
                 // The budget is spent: hold this key (and, shared, every replica) until the
                 // reset, which also steers key selection away from it.
                 if let Some(until) = pacer.observe(answered.response.headers(), admission.seq) {
@@ -240,6 +246,7 @@ impl<S: Service> Service for KeyLimit<S> {
                 });
         }
         answered.admission = Some(admission);
+        answered.key = key;
         Ok(answered)
     }
 }
@@ -313,6 +320,7 @@ mod tests {
                 progress: &progress,
                 auth: &Default::default(),
                 can_refresh: true,
+                points: None,
             })
             .await
     }

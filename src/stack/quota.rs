@@ -771,7 +771,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn paces_the_remaining_budget_over_the_window() {
-        let p = Pacer::new(Some(QuotaSignal::XRateLimit), f64::INFINITY, 0, true, None, None);
+        let p = Pacer::new(
+            Some(QuotaSignal::XRateLimit),
+            f64::INFINITY,
+            0,
+            true,
+            None,
+            None,
+        );
         let seq = p.admit(1.0, Duration::MAX).await.unwrap();
         // 21 left for 10 s, reserve 2: 19 spread over 10 s; half of them may go at once.
         assert_eq!(p.observe(&window("21", "10"), seq), None);
@@ -793,7 +800,14 @@ mod tests {
         assert!(Instant::now() >= start + Duration::from_secs(10) + RESET_GRACE);
         assert!(Instant::now() - waited > Duration::ZERO);
         // And one that cannot wait that long is refused with the wait.
-        let p2 = Pacer::new(Some(QuotaSignal::XRateLimit), f64::INFINITY, 0, true, None, None);
+        let p2 = Pacer::new(
+            Some(QuotaSignal::XRateLimit),
+            f64::INFINITY,
+            0,
+            true,
+            None,
+            None,
+        );
         let seq = p2.admit(1.0, Duration::MAX).await.unwrap();
         let until = p2.observe(&window("0", "5"), seq).expect("spent");
         assert_eq!(until, Instant::now() + Duration::from_secs(5) + RESET_GRACE);
@@ -806,7 +820,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn stale_and_in_flight_answers_do_not_overstate_the_budget() {
-        let p = Pacer::new(Some(QuotaSignal::XRateLimit), f64::INFINITY, 0, false, None, None);
+        let p = Pacer::new(
+            Some(QuotaSignal::XRateLimit),
+            f64::INFINITY,
+            0,
+            false,
+            None,
+            None,
+        );
         let first = p.admit(1.0, Duration::MAX).await.unwrap();
         let second = p.admit(1.0, Duration::MAX).await.unwrap();
         // The second's answer arrives first: 50 left, nothing admitted after it.
@@ -828,7 +849,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn a_leaky_bucket_serves_its_room_then_its_refill() {
-        let p = Pacer::new(Some(QuotaSignal::Shopify), f64::INFINITY, 0, true, None, None);
+        let p = Pacer::new(
+            Some(QuotaSignal::Shopify),
+            f64::INFINITY,
+            0,
+            true,
+            None,
+            None,
+        );
         let seq = p.admit(1.0, Duration::MAX).await.unwrap();
         // 36/40: 4 left, reserve 1 → 3 at once, then 2/s.
         p.observe(&headers(&[("x-shopify-shop-api-call-limit", "36/40")]), seq);

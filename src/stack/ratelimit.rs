@@ -128,6 +128,8 @@ pub struct Limiter {
     shared: Option<SharedBucket>,
     /// The budget learned from the upstream's quota headers (`rate_limit.quota`).
     pacer: Option<Pacer>,
+    /// The GraphQL points bucket (`graphql:`), drawn by GraphQL queries.
+    points: Option<Pacer>,
 }
 
 impl Limiter {
@@ -189,6 +191,27 @@ impl Limiter {
             paused_until: Mutex::new(None),
             shared,
             pacer: None,
+            points: None,
+        }
+    }
+
+    /// This limiter, with a GraphQL points bucket as well.
+    pub fn with_points(mut self, points: Option<Pacer>) -> Self {
+        self.points = points;
+        self
+    }
+
+    /// The GraphQL points bucket, when `graphql:` is on.
+    pub fn points(&self) -> Option<&Pacer> {
+        self.points.as_ref()
+    }
+
+    /// The pacer an attempt draws from: the points bucket for a GraphQL query (`points`),
+    /// else the quota pacer.
+    pub fn pacer_for(&self, points: Option<f64>) -> Option<&Pacer> {
+        match points {
+            Some(_) => self.points.as_ref().or(self.pacer.as_ref()),
+            None => self.pacer.as_ref(),
         }
     }
 
@@ -235,8 +258,21 @@ impl Limiter {
     /// Wait for a slot: FIFO, at most `max_wait` (which is also capped by `deadline`). With a
     /// quota pacer, the learned budget is waited for first.
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Admission, Rejected> {
-        let Some(pacer) = &self.pacer else {
+        self.acquire_points(deadline, None).await
+    }
+
+    /// [`Limiter::acquire`] for an attempt that may cost `points` (a GraphQL query).
+    pub async fn acquire_points(
+        &self,
+        deadline: Option<Instant>,
+        points: Option<f64>,
+    ) -> Result<Admission, Rejected> {
+        let Some(pacer) = self.pacer_for(points) else {
             return self.acquire_slot(deadline).await;
+        };
+        let cost = match (points, self.points.is_some()) {
+            (Some(points), true) => points,
+            _ => 1.0,
         };
         let start = Instant::now();
         let mut budget = self.max_wait;
@@ -248,7 +284,7 @@ impl Limiter {
         }
         let seq = {
             let _queued = Queued::enter(self);
-            pacer.admit(1.0, budget).await
+            pacer.admit(cost, budget).await
         };
         let seq = match seq {
             Ok(seq) => seq,

@@ -102,6 +102,7 @@ mod tests {
                 progress: &progress,
                 auth: &AuthScope::default(),
                 can_refresh: false,
+                points: None,
             })
             .await
             .err()
