@@ -76,8 +76,7 @@ pub(super) struct RawUpstream {
 }
 
 /// `graphql: true | false | {path: /graphql}`.
-#[derive(Debug, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug)]
 pub(super) enum RawGraphql {
     On(bool),
     Path(RawGraphqlPath),
@@ -89,18 +88,50 @@ pub(super) struct RawGraphqlPath {
     pub(super) path: String,
 }
 
-/// `rate_limit.quota`: a signal, or `off` to drop a preset's.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(untagged)]
-pub(super) enum RawQuota {
-    Signal(QuotaSignal),
-    Off(RawOff),
+impl<'de> Deserialize<'de> for RawGraphql {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawGraphql;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`true`, `false` or `{path: /graphql}`")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawGraphql, E> {
+                Ok(RawGraphql::On(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawGraphql, A::Error> {
+                RawGraphqlPath::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawGraphql::Path)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub(super) enum RawOff {
+/// `rate_limit.quota`: a signal, or `off` to drop a preset's.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RawQuota {
+    Signal(QuotaSignal),
     Off,
+}
+
+impl<'de> Deserialize<'de> for RawQuota {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.as_str() {
+            "x-ratelimit" => RawQuota::Signal(QuotaSignal::XRateLimit),
+            "shopify" => RawQuota::Signal(QuotaSignal::Shopify),
+            "hubspot" => RawQuota::Signal(QuotaSignal::Hubspot),
+            "salesforce" => RawQuota::Signal(QuotaSignal::Salesforce),
+            "ietf" => RawQuota::Signal(QuotaSignal::Ietf),
+            "off" => RawQuota::Off,
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "unknown quota signal: expected x-ratelimit, shopify, hubspot, salesforce, ietf or off",
+                ))
+            }
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -1031,7 +1031,7 @@ impl Validator {
     ) -> Option<RateLimit> {
         let quota = match raw.quota {
             Some(RawQuota::Signal(signal)) => Some(signal),
-            Some(RawQuota::Off(_)) => None,
+            Some(RawQuota::Off) => None,
             None => preset_quota,
         };
         let (requests, per, key) = match (raw.requests_per_second, raw.requests_per_minute) {
