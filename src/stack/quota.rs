@@ -508,10 +508,9 @@ impl Pacer {
         if let Some(g) = &self.rate_gauge {
             g.set(self.effective_rate(&s, now, reserve));
         }
-        let spent_until = (s.refill == 0.0 && s.tokens - reserve < 1.0)
+        (s.refill == 0.0 && s.tokens - reserve < 1.0)
             .then(|| s.reset_at.map(|r| r + RESET_GRACE))
-            .flatten();
-        spent_until
+            .flatten()
     }
 
     /// Requests per second currently allowed: the configured rate, lowered by the budget.
@@ -834,9 +833,7 @@ mod tests {
         p.observe(&window("50", "10"), second);
         // The first's (older) answer says more: ignored.
         p.observe(&window("60", "10"), first);
-        let s = p.state.lock().unwrap();
-        assert_eq!(s.tokens, 50.0);
-        drop(s);
+        assert_eq!(p.state.lock().unwrap().tokens, 50.0);
         // Three more go out; an answer to the third of them (2 admitted after it) says 40:
         // the estimate is 40 - 2 = 38... but the local count (47) is higher, so 38 it is.
         let mut seqs = Vec::new();
