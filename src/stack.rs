@@ -135,8 +135,11 @@ impl UpstreamStack {
         let queued = upstream_metrics.gauge(RATE_LIMIT_QUEUED);
         let shared = shared::SharedStore::for_upstream(&config, &upstream_metrics)?;
         let pool = config.auth.as_ref().map_or(1, |a| a.pool_size()).max(1);
-        let same_limits =
-            previous.filter(|p| p.config.rate_limit == config.rate_limit && p.keys.len() == pool);
+        let same_limits = previous.filter(|p| {
+            p.config.rate_limit == config.rate_limit
+                && p.config.graphql == config.graphql
+                && p.keys.len() == pool
+        });
         let slots = (0..pool)
             .map(|i| {
                 let limiter = match same_limits.and_then(|p| p.keys.limiter(i)) {

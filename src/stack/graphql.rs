@@ -422,7 +422,8 @@ impl<F: FnOnce(&[u8])> Body for Tap<F> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.project();
-        let poll = this.inner.poll_frame(cx);
+        let mut inner = this.inner;
+        let poll = inner.as_mut().poll_frame(cx);
         match &poll {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
@@ -434,6 +435,12 @@ impl<F: FnOnce(&[u8])> Body for Tap<F> {
                         *this.copy = None;
                     } else if let Some(copy) = this.copy.as_mut() {
                         copy.extend_from_slice(data);
+                    }
+                }
+                // A sized body may be dropped as soon as it reports its end, before `None`.
+                if inner.is_end_stream() {
+                    if let (Some(copy), Some(on_end)) = (this.copy.take(), this.on_end.take()) {
+                        on_end(&copy);
                     }
                 }
             }
@@ -451,8 +458,7 @@ impl<F: FnOnce(&[u8])> Body for Tap<F> {
     }
 
     fn is_end_stream(&self) -> bool {
-        // The end is seen by `poll_frame` returning `None`, so `on_end` runs.
-        false
+        self.inner.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -596,6 +602,44 @@ mod tests {
         assert_eq!(costs.estimate(Some("A")), 100.0);
         assert_eq!(costs.estimate(Some("C")), 7.0, "the previous answer's");
         assert_eq!(costs.estimate(None), 7.0);
+    }
+
+    #[tokio::test]
+    async fn a_long_answer_streams_through_the_peek_and_the_tap() {
+        use http_body_util::BodyExt;
+        let pad = "x".repeat(3 * PEEK_BYTES);
+        let text = format!(
+            r#"{{"data":{{"pad":"{pad}"}},"extensions":{{"cost":{{"requestedQueryCost":42}}}}}}"#
+        );
+        let chunks: Vec<Result<Frame<Bytes>, BoxError>> = text
+            .as_bytes()
+            .chunks(1000)
+            .map(|c| Ok(Frame::data(Bytes::copy_from_slice(c))))
+            .collect();
+        let body = BodyExt::boxed_unsync(http_body_util::StreamBody::new(
+            futures_util::stream::iter(chunks),
+        ));
+        let (prefix, rest) = read_prefix(body, PEEK_BYTES).await.unwrap();
+        assert!(prefix.iter().map(Bytes::len).sum::<usize>() > PEEK_BYTES);
+        let seen = std::sync::Arc::new(Mutex::new(None));
+        let sink = seen.clone();
+        let tapped = Tap::new(
+            BodyExt::boxed_unsync(rest.unwrap()),
+            move |bytes: &[u8]| *sink.lock().unwrap() = Some(read_answer(bytes)),
+        );
+        let out = tapped.collect().await.unwrap().to_bytes();
+        assert_eq!(out, text.as_bytes(), "passed through unchanged");
+        let facts = seen.lock().unwrap().expect("parsed at the end");
+        assert_eq!(facts.cost.unwrap().requested, Some(42.0));
+        // Past TAP_BYTES nothing is parsed, and the body still passes.
+        let big = Bytes::from(vec![b' '; TAP_BYTES + 1]);
+        let called = std::sync::Arc::new(Mutex::new(false));
+        let flag = called.clone();
+        let tapped = Tap::new(crate::body::full(big.clone()), move |_: &[u8]| {
+            *flag.lock().unwrap() = true
+        });
+        assert_eq!(tapped.collect().await.unwrap().to_bytes(), big);
+        assert!(!*called.lock().unwrap());
     }
 
     proptest! {
