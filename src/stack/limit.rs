@@ -358,6 +358,89 @@ mod tests {
         assert_eq!(err.kind(), "credentials_unavailable");
     }
 
+    /// Answers with X-RateLimit-* headers: key 0's budget is spent, key 1's is not.
+    struct PerKeyQuota(Mutex<Vec<usize>>);
+    impl Service for Arc<PerKeyQuota> {
+        async fn call<'a>(&'a self, attempt: Attempt<'a>) -> AttemptResult {
+            self.0.lock().unwrap().push(attempt.key);
+            let remaining = if attempt.key == 0 { "0" } else { "50" };
+            let response = http::Response::builder()
+                .header("x-ratelimit-limit", "60")
+                .header("x-ratelimit-remaining", remaining)
+                .header("x-ratelimit-reset", "30")
+                .body(crate::body::empty())
+                .unwrap();
+            Ok(Answered::new(response))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_quota_pauses_only_its_key() {
+        let metrics = Metrics::new();
+        let m = UpstreamMetrics::new(&metrics, "api");
+        let quota = RateLimit {
+            requests: f64::INFINITY,
+            per: Duration::from_secs(1),
+            burst: 10,
+            max_wait: Duration::from_secs(1),
+            max_in_flight: None,
+            shared: None,
+            quota: Some(crate::config::QuotaSignal::XRateLimit),
+        };
+        let slots = (0..2)
+            .map(|i| {
+                let pacer = crate::stack::quota::Pacer::new(
+                    quota.quota,
+                    f64::INFINITY,
+                    0,
+                    true,
+                    None,
+                    None,
+                );
+                KeySlot::new(
+                    Arc::new(Limiter::new(Some(&quota)).with_pacer(Some(pacer))),
+                    m.gauge_with("g", "key", i.to_string()),
+                )
+            })
+            .collect();
+        let keys = Arc::new(Keys::new("api", slots, &GENERIC));
+        let upstream = Arc::new(PerKeyQuota(Mutex::new(Vec::new())));
+        let chain = Stack::new(upstream.clone())
+            .push(KeyLimitLayer {
+                keys: keys.clone(),
+                counters: Arc::new(Counters::new(&m)),
+            })
+            .into_inner();
+        let progress = Progress::new(None);
+        for _ in 0..3 {
+            chain
+                .call(Attempt {
+                    request: http::Request::new(crate::body::empty()),
+                    key: usize::MAX,
+                    upgrade: None,
+                    deadline: Instant::now() + Duration::from_secs(60),
+                    progress: &progress,
+                    auth: &Default::default(),
+                    can_refresh: true,
+                    points: None,
+                })
+                .await
+                .unwrap();
+        }
+        let paused = keys
+            .limiter(0)
+            .unwrap()
+            .paused_for()
+            .expect("key 0 is spent");
+        assert!(paused >= Duration::from_secs(30), "{paused:?}");
+        assert!(keys.limiter(1).unwrap().paused_for().is_none());
+        assert_eq!(
+            *upstream.0.lock().unwrap(),
+            vec![0, 1, 1],
+            "key 1 serves meanwhile"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn over_the_local_budget_is_refused_before_the_upstream() {
         let rate = RateLimit {
