@@ -7,16 +7,21 @@
 //!   prepare               hop-by-hop headers, configured headers, Idempotency-Key, URI: once
 //!   auth: prepare         strip the application's credentials; read and sign the body where
 //!                         the signature covers it (auth.rs)
+//!   graphql operation     on the GraphQL path only: query / mutation / subscription decides
+//!                         retry safety; the body is read within max_body_bytes (graphql.rs)
 //!   replay body           streams to the first attempt, keeping a copy for a retry (replay.rs)
 //!   retry loop            one decision per attempt: retry::decide(outcome, state); budget,
 //!                         backoff (retry.rs)
 //!     attempt chain       built once per config generation, outermost first:
 //!       limit             pick the pooled key, its rate limit and in-flight cap, the
-//!                         upstream's backpressure (limit.rs, ratelimit.rs)
+//!                         upstream's backpressure and quota pacing (limit.rs, ratelimit.rs,
+//!                         quota.rs)
 //!       auth              that key's credential, the OAuth2 token, the SigV4 signature
 //!       attempt timeout   attempt_timeout; tells the application's slowness from the
 //!                         upstream's (timeout.rs)
 //!       endpoint          the connection pool, Expect: 100-continue, upgrades (endpoint.rs)
+//!     graphql answer      a throttling answer is a rate-limit answer; cost data feeds the
+//!                         key's points bucket (graphql.rs)
 //!   errors: normalize     the upstream's error body rewritten (normalize.rs)
 //! ```
 //!

@@ -9,6 +9,11 @@
 //! With `rate_limit.shared`, a [`SharedBucket`] in Redis decides first (see `shared.rs`); the
 //! local bucket then runs at `rate / expected_replicas` and serves only while Redis cannot
 //! answer. Without it, no Redis code is on the path.
+//!
+//! With `rate_limit.quota`, a [`Pacer`] (see `quota.rs`) is waited for first: the budget the
+//! upstream reports lowers the configured rate (or alone paces, when none is configured). With
+//! `graphql:`, GraphQL queries draw their estimated points from a second pacer, the key's points
+//! bucket. Without either, no pacer code runs.
 
 use std::num::NonZeroU32;
 use std::ops::Add;
