@@ -174,3 +174,102 @@ async fn two_replicas_sharing_redis_follow_the_quota_without_a_429() {
     a.shutdown().await;
     b.shutdown().await;
 }
+
+#[tokio::test]
+async fn malformed_quota_headers_are_ignored_and_a_spent_budget_answers_429_at_once() {
+    // Hostile or broken headers: never an error, the answer passes, the proxy keeps serving.
+    let garbage = MockUpstream::start(|r| {
+        let remaining = match r.path() {
+            "/a" => "-5",
+            "/b" => "99999999999999999999999999999999",
+            "/c" => "NaN",
+            _ => "1e400",
+        };
+        Reply::with(
+            200,
+            &[
+                ("x-ratelimit-limit", "abc"),
+                ("x-ratelimit-remaining", remaining),
+                ("x-ratelimit-reset", "99999999999999999999"),
+            ],
+            "ok",
+        )
+    })
+    .await;
+    // The budget is spent for an hour.
+    let spent = MockUpstream::start(|_| {
+        let reset = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+            + 3600;
+        Reply::with(
+            200,
+            &[
+                ("x-ratelimit-limit", "5000"),
+                ("x-ratelimit-remaining", "0"),
+                ("x-ratelimit-reset", &reset.to_string()),
+            ],
+            "ok",
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:
+           garbage: {{ base_url: {}, rate_limit: {{ quota: x-ratelimit }} }}
+           spent: {{ base_url: {}, rate_limit: {{ quota: x-ratelimit, max_wait: 2s }} }}
+        ",
+        garbage.url(""),
+        spent.url("")
+    ))
+    .await;
+    for _ in 0..3 {
+        for path in ["/garbage/a", "/garbage/b", "/garbage/c", "/garbage/d"] {
+            assert_eq!(proxy.get(path).await.status, 200, "{path}");
+        }
+    }
+    assert_eq!(garbage.count(), 12);
+
+    assert_eq!(proxy.get("/spent/x").await.status, 200);
+    let started = Instant::now();
+    let answer = proxy.get("/spent/x").await;
+    assert!(
+        started.elapsed() < Duration::from_secs(1),
+        "refused at once"
+    );
+    let error = answer.assert_error(429, "rate_limited");
+    let retry_after: u64 = answer.header("retry-after").unwrap().parse().unwrap();
+    assert!((3590..=3602).contains(&retry_after), "{retry_after}");
+    assert!(
+        error["retry_after_seconds"].as_f64().unwrap() > 3500.0,
+        "{error}"
+    );
+    assert_eq!(spent.count(), 1, "the spent budget is not asked again");
+    let metrics = proxy.metrics();
+    assert_eq!(
+        metric(
+            &metrics,
+            "outpost_rate_limited_total",
+            &[("upstream", "spent"), ("source", "upstream")]
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "outpost_upstream_quota_remaining",
+            &[("upstream", "spent")]
+        ),
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &metrics,
+            "outpost_upstream_pacing_rate",
+            &[("upstream", "spent")]
+        ),
+        Some(0.0)
+    );
+    proxy.shutdown().await;
+}

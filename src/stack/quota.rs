@@ -757,6 +757,10 @@ mod tests {
             let _ = parse_salesforce(&format!("api-usage={used}/{limit}"));
             let _ = parse_ietf(&format!("\"d\";r={f};t={used}"), Some(&format!("\"d\";q={limit}")));
             let _ = parse_x_ratelimit(&f.to_string(), Some(&limit.to_string()), &used.to_string(), SystemTime::now());
+            let _ = parse_x_ratelimit("1", None, &format!("{used}{limit}"), SystemTime::now());
+            let _ = parse_x_ratelimit("1", None, &f.to_string(), SystemTime::now());
+            let _ = parse_ietf(&format!("\"d\";r=1;t={f}"), None);
+            let _ = parse_hubspot(|name| (name == "x-hubspot-ratelimit-interval-milliseconds").then_some("1e300").or(Some("1")));
         }
     }
 
