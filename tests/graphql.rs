@@ -265,3 +265,32 @@ async fn points_pacing_keeps_a_shopify_bucket_from_throttling() {
     assert!(rate >= 0.9 * RESTORE, "{rate} points/s of {RESTORE}");
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn a_hostile_document_is_forwarded_as_a_mutation_and_the_proxy_keeps_serving() {
+    let mock = MockUpstream::start(|_| Reply::status(503)).await;
+    let proxy = graphql_proxy(
+        &mock,
+        "retry: { base_delay: 1ms, max_delay: 2ms, max_body_bytes: 1MiB }",
+    )
+    .await;
+    let json = [("content-type", "application/json")];
+    // 300 000 levels of nesting: the parser's recursion limit stops it, not the stack's end.
+    let deep = format!("{}{}", "{a".repeat(300_000), "}".repeat(300_000));
+    let body = serde_json::json!({ "query": deep }).to_string();
+    assert!(body.len() < 1024 * 1024);
+    let answer = proxy
+        .request("POST", "/api/graphql", &json, body.clone())
+        .await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(mock.count(), 1, "not a query: sent once");
+    assert_eq!(mock.requests()[0].body.len(), body.len());
+    let answer = proxy.request("POST", "/api/graphql", &json, QUERY).await;
+    assert_eq!(answer.status, 503);
+    assert_eq!(
+        mock.count(),
+        4,
+        "still serving; a query gets its three attempts"
+    );
+    proxy.shutdown().await;
+}
