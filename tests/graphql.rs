@@ -294,3 +294,66 @@ async fn a_hostile_document_is_forwarded_as_a_mutation_and_the_proxy_keeps_servi
     );
     proxy.shutdown().await;
 }
+
+#[tokio::test]
+async fn github_graphql_points_are_their_own_budget() {
+    // GraphQL answers carry the `graphql` resource's X-RateLimit-* (points); REST answers the
+    // `core` one. Spent GraphQL points hold the next query until the reset, not REST calls.
+    let mock = MockUpstream::start(|r| {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let (resource, remaining) = if r.path() == "/graphql" {
+            ("graphql", "0")
+        } else {
+            ("core", "4999")
+        };
+        Reply::with(
+            200,
+            &[
+                ("content-type", "application/json"),
+                ("x-ratelimit-limit", "5000"),
+                ("x-ratelimit-remaining", remaining),
+                ("x-ratelimit-reset", &(now + 2).to_string()),
+                ("x-ratelimit-resource", resource),
+            ],
+            "{\"data\":{}}",
+        )
+    })
+    .await;
+    let proxy = Proxy::start(&format!(
+        "upstreams:
+           gh:
+             preset: github
+             base_url: {}
+             auth: {{ token: ghp_test }}
+             rate_limit: {{ max_wait: 10s }}
+        ",
+        mock.url("")
+    ))
+    .await;
+    let json = [("content-type", "application/json")];
+    assert_eq!(
+        proxy
+            .request("POST", "/gh/graphql", &json, QUERY)
+            .await
+            .status,
+        200
+    );
+    // REST goes at once.
+    let started = Instant::now();
+    assert_eq!(proxy.get("/gh/repos/o/r").await.status, 200);
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "{:?}",
+        started.elapsed()
+    );
+    // The next query waits for the points' reset (within 2 s, plus the 1 s grace).
+    let answer = proxy.request("POST", "/gh/graphql", &json, QUERY).await;
+    assert_eq!(answer.status, 200);
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(1000), "{waited:?}");
+    assert!(waited <= Duration::from_secs(4), "{waited:?}");
+    proxy.shutdown().await;
+}

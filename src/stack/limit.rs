@@ -226,8 +226,10 @@ impl<S: Service> Service for KeyLimit<S> {
         if let Some(limiter) = self.keys.limiter(key) {
             if let Some(pacer) = limiter.pacer_for(points) {
                 // The budget is spent: hold this key (and, shared, every replica) until the
-                // reset, which also steers key selection away from it.
-                if let Some(until) = pacer.observe(answered.response.headers(), admission.seq) {
+                // reset, which also steers key selection away from it. A spent GraphQL points
+                // bucket holds only GraphQL queries (its own wait): the REST budget is another.
+                let spent = pacer.observe(answered.response.headers(), admission.seq);
+                if let (Some(until), None) = (spent, points) {
                     limiter.pause_until(until);
                 }
             }
