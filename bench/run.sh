@@ -126,6 +126,7 @@ EOF
         location = /v1/charges { default_type application/json; return 200 '$SMALL_JSON'; }
         location = /v1/stream  { default_type application/octet-stream; alias $T/stream.bin; }
         location = /v1/echo    { default_type text/plain; return 200 "\$request_uri \$http_authorization"; }
+        location = /_status    { stub_status; }
         location / { return 404; }
     }
 }
@@ -324,13 +325,17 @@ url_for() { # target scenario
     echo "http://127.0.0.1:${PORT[$1]}$prefix$(scenario_path "$2")"
 }
 
-cpu_ticks() { # pid -> utime+stime of the pid and its children (nginx master + worker)
-    local p s=0
+cpu_ticks() { # pid -> "utime stime" of the pid and its children (nginx master + worker)
+    local p u=0 s=0 pu ps
     for p in $(proc_pids "$1"); do
         # fields after the ")" of comm: state is $1, utime $12, stime $13
-        s=$((s + $(sed 's/^.*) //' /proc/"$p"/stat | awk '{print $12 + $13}')))
+        read -r pu ps < <(sed 's/^.*) //' /proc/"$p"/stat | awk '{print $12, $13}')
+        u=$((u + pu)); s=$((s + ps))
     done
-    echo "$s"
+    echo "$u $s"
+}
+upstream_accepts() { # connections the upstream nginx has accepted so far (stub_status)
+    curl -s "http://127.0.0.1:$P_UP/_status" | awk 'NR == 3 { print $1 }'
 }
 rss_peak_kib() { # pid -> sum of VmHWM over the pid and its children
     local p s=0
@@ -340,16 +345,18 @@ rss_peak_kib() { # pid -> sum of VmHWM over the pid and its children
     echo "$s"
 }
 
-run_one() { # target scenario duration -> "requests duration_us p50 p99 p999 sockerr statuserr cpu_ticks"
-    local tgt=$1 sc=$2 dur=$3 pid=${PID[$1]} c0=0 c1=0 out
-    [[ -n $pid ]] && c0=$(cpu_ticks "$pid")
+run_one() { # target scenario duration -> "requests duration_us p50 p99 p999 sockerr statuserr cpu_ticks user_ticks sys_ticks new_upstream_conns"
+    local tgt=$1 sc=$2 dur=$3 pid=${PID[$1]} u0=0 s0=0 u1=0 s1=0 a0 a1 out
+    [[ -n $pid ]] && read -r u0 s0 <<<"$(cpu_ticks "$pid")"
+    a0=$(upstream_accepts)
     # shellcheck disable=SC2046
     out=$(pin_load wrk -t1 $(scenario_args "$sc") -d"${dur}s" --timeout 5s "$(url_for "$tgt" "$sc")" 2>&1) \
         || { echo "$out" >&2; die "wrk failed for $tgt/$sc"; }
-    [[ -n $pid ]] && c1=$(cpu_ticks "$pid")
+    [[ -n $pid ]] && read -r u1 s1 <<<"$(cpu_ticks "$pid")"
+    a1=$(upstream_accepts)
     local line
     line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "no result from wrk for $tgt/$sc"; }
-    echo "${line#BENCH } $((c1 - c0))"
+    echo "${line#BENCH } $((u1 - u0 + s1 - s0)) $((u1 - u0)) $((s1 - s0)) $((a1 - a0))"
 }
 
 # ---------------------------------------------------------------- the interleaved run
@@ -369,8 +376,8 @@ for r in $(seq 1 "$ROUNDS"); do
             tgt=${TARR[$(((k + r - 1) % NT))]}
             res=$(run_one "$tgt" "$sc" "$DURATION")
             printf '%s\t%s\t%s\t%s\n' "$r" "$sc" "$tgt" "$res" >>"$RAW"
-            read -r nreq dus p50 p99 p999 serr sterr ticks <<<"$res"
-            say "round $r/$ROUNDS $sc $tgt: $((nreq * 1000000 / dus)) req/s p99 ${p99}us cpu ${ticks} ticks errors ${serr}/${sterr}"
+            read -r nreq dus p50 p99 p999 serr sterr ticks _ _ newc <<<"$res"
+            say "round $r/$ROUNDS $sc $tgt: $((nreq * 1000000 / dus)) req/s p99 ${p99}us cpu ${ticks} ticks errors ${serr}/${sterr} new upstream conns ${newc}"
         done
     done
 done
@@ -395,6 +402,9 @@ awk -F'\t' -v clk="$CLK_TCK" '
     v[key, "rps", n[key]] = rps
     v[key, "p50", n[key]] = f[3]; v[key, "p99", n[key]] = f[4]; v[key, "p999", n[key]] = f[5]
     v[key, "cpu", n[key]] = cpu
+    v[key, "usr", n[key]] = (nreq > 0) ? f[9] * 1000 / clk / nreq * 1000 : 0
+    v[key, "sys", n[key]] = (nreq > 0) ? f[10] * 1000 / clk / nreq * 1000 : 0
+    newc[key] += f[11]
     err[key] += f[6] + f[7]
     if (!(key in seen)) { seen[key] = 1; order[++no] = key }
 }
@@ -407,8 +417,9 @@ function median(key, m,    i, j, t, a, c) {
 END {
     for (i = 1; i <= no; i++) {
         k = order[i]
-        printf "%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.3f\t%d\t%d\n", k, median(k, "rps"), median(k, "p50"),
-            median(k, "p99"), median(k, "p999"), median(k, "cpu"), err[k], n[k]
+        printf "%s\t%.0f\t%.0f\t%.0f\t%.0f\t%.3f\t%d\t%d\t%.3f\t%.3f\t%d\n", k, median(k, "rps"), median(k, "p50"),
+            median(k, "p99"), median(k, "p999"), median(k, "cpu"), err[k], n[k], median(k, "usr"),
+            median(k, "sys"), newc[k]
     }
 }' "$RAW" >"$AGG"
 
@@ -429,7 +440,7 @@ END {
 }' "$RAW" >"$PAIRED"
 
 # ---------------------------------------------------------------- RESULTS.md
-get() { # scenario target column(1-based after key: rps=3 p50=4 p99=5 p999=6 cpu=7 err=8 n=9)
+get() { # scenario target column(1-based after key: rps=3 p50=4 p99=5 p999=6 cpu=7 err=8 n=9 user=10 sys=11 new upstream conns=12)
     awk -F'\t' -v s="$1" -v t="$2" -v c="$3" '$1 == s && $2 == t { print $c }' "$AGG"
 }
 ratio() { # a b -> a/b with 2 decimals, or —
@@ -471,8 +482,8 @@ CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
         echo
         echo "## $(scenario_title "$sc")"
         echo
-        echo "| target | req/s | p50 ms | p99 ms | p99.9 ms | CPU ms/1000 req | CPU ×nginx | req/s ×nginx | req/s ×direct | p99 ×nginx | p99 ×direct | peak RSS MiB | RSS ×nginx | errors |"
-        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
+        echo "| target | req/s | p50 ms | p99 ms | p99.9 ms | CPU ms/1000 req | user + sys | CPU ×nginx | req/s ×nginx | req/s ×direct | p99 ×nginx | p99 ×direct | peak RSS MiB | RSS ×nginx | new upstream conns | errors |"
+        echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"
         n_rps=$(get "$sc" nginx 3); d_rps=$(get "$sc" direct 3)
         n_p99=$(get "$sc" nginx 5); d_p99=$(get "$sc" direct 5)
         n_cpu=$(get "$sc" nginx 7)
@@ -480,25 +491,34 @@ CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
             rps=$(get "$sc" "$tgt" 3); [[ -z $rps ]] && continue
             p50=$(get "$sc" "$tgt" 4); p99=$(get "$sc" "$tgt" 5); p999=$(get "$sc" "$tgt" 6)
             cpu=$(get "$sc" "$tgt" 7); errs=$(get "$sc" "$tgt" 8)
-            if [[ $tgt == direct ]]; then cpu_s="—"; cpu_r="—"; else cpu_s=$cpu; cpu_r=$(ratio "$cpu" "$n_cpu"); fi
-            echo "| $tgt | $rps | $(ms "$p50") | $(ms "$p99") | $(ms "$p999") | $cpu_s | $cpu_r | $(ratio "$rps" "$n_rps") | $(ratio "$rps" "$d_rps") | $(ratio "$p99" "$n_p99") | $(ratio "$p99" "$d_p99") | $(mib "${RSS[$tgt]}") | $(ratio "${RSS[$tgt]}" "${RSS[nginx]:-}") | $errs |"
+            usr=$(get "$sc" "$tgt" 10); sys=$(get "$sc" "$tgt" 11); newc=$(get "$sc" "$tgt" 12)
+            if [[ $tgt == direct ]]; then cpu_s="—"; cpu_r="—"; split="—"; else cpu_s=$cpu; cpu_r=$(ratio "$cpu" "$n_cpu"); split="$usr + $sys"; fi
+            echo "| $tgt | $rps | $(ms "$p50") | $(ms "$p99") | $(ms "$p999") | $cpu_s | $split | $cpu_r | $(ratio "$rps" "$n_rps") | $(ratio "$rps" "$d_rps") | $(ratio "$p99" "$n_p99") | $(ratio "$p99" "$d_p99") | $(mib "${RSS[$tgt]}") | $(ratio "${RSS[$tgt]}" "${RSS[nginx]:-}") | $newc | $errs |"
         done
     done
 
     if [[ " $TARGETS " == *" outpost-full "* && " $TARGETS " == *" nginx "* ]]; then
         echo
-        echo "## Issue 6 targets (Outpost = outpost-full: auth + rate limit + retry + metrics)"
+        echo "## Issue 15 targets (Outpost = outpost-full: auth + rate limit + retry + metrics)"
         echo
         tcpu=$(ratio "$(get get outpost-full 7)" "$(get get nginx 7)")
+        hcpu=$(ratio "$(get get haproxy 7)" "$(get get nginx 7)")
         trps=$(ratio "$(get get outpost-full 3)" "$(get get nginx 3)")
-        tp99=$(ratio "$(get rate outpost-full 5)" "$(get rate nginx 5)")
+        # Added latency at the paced rate: p50 through the proxy minus p50 direct.
+        d50=$(get rate direct 4)
+        o_add=$(awk -v a="$(get rate outpost-full 4)" -v d="$d50" 'BEGIN { if (a == "" || d == "") print ""; else print a - d }')
+        n_add=$(awk -v a="$(get rate nginx 4)" -v d="$d50" 'BEGIN { if (a == "" || d == "") print ""; else print a - d }')
+        tadd=$(ratio "$o_add" "$n_add")
+        tnew=$(get rate outpost-full 12)
         trss=$(mib "${RSS[outpost-full]}")
         verdict() { awk -v v="$1" -v lim="$2" -v dir="$3" 'BEGIN { if (v == "—" || v == "") print "not measured"; else if ((dir == "le" && v + 0 <= lim + 0) || (dir == "ge" && v + 0 >= lim + 0)) print "**met**"; else print "**not met**" }'; }
         echo "| target | measured | verdict |"
         echo "|---|---:|---|"
-        echo "| CPU per request ≤ 0.8 × nginx (small GET, 64 conns) | ${tcpu} × | $(verdict "$tcpu" 0.8 le) |"
+        echo "| CPU per request ≤ HAProxy's (first milestone; small GET, 64 conns) | ${tcpu} × nginx (HAProxy ${hcpu} ×) | $(verdict "$tcpu" "$hcpu" le) |"
+        echo "| CPU per request ≤ 1.0 × nginx (small GET, 64 conns) | ${tcpu} × | $(verdict "$tcpu" 1.0 le) |"
         echo "| throughput ≥ 1.0 × nginx (small GET, 64 conns) | ${trps} × | $(verdict "$trps" 1.0 ge) |"
-        echo "| p99 at the paced rate ≤ nginx | ${tp99} × | $(verdict "$tp99" 1.0 le) |"
+        echo "| p50 added latency at the paced rate ≤ nginx's | $(ms "$o_add") ms vs $(ms "$n_add") ms (${tadd} ×) | $(verdict "$tadd" 1.0 le) |"
+        echo "| 0 new upstream connections in the paced-rate windows | ${tnew} | $(verdict "$tnew" 0 le) |"
         echo "| peak RSS ≤ 20 MiB | ${trss} MiB | $(verdict "$trss" 20 le) |"
     fi
     if [[ -s $PAIRED ]]; then
@@ -524,7 +544,7 @@ CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
     echo
     echo "## Raw runs"
     echo
-    echo "round, scenario, target, requests, duration µs, p50 µs, p99 µs, p99.9 µs, socket errors, non-2xx, CPU ticks (1/$CLK_TCK s)"
+    echo "round, scenario, target, requests, duration µs, p50 µs, p99 µs, p99.9 µs, socket errors, non-2xx, CPU ticks (1/$CLK_TCK s), user ticks, system ticks, new upstream connections"
     echo
     echo '```'
     tr '\t' ' ' <"$RAW"

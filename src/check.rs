@@ -36,12 +36,23 @@ fn rate_summary(up: &Upstream) -> String {
         return "-".into();
     };
     let unit = if rl.per.as_secs() == 60 { "min" } else { "s" };
-    let mut s = format!(
-        "{}/{unit} burst {} wait {}",
-        rl.requests,
-        rl.burst,
-        format_duration(rl.max_wait)
-    );
+    let mut s = if rl.has_rate() {
+        format!(
+            "{}/{unit} burst {} wait {}",
+            rl.requests,
+            rl.burst,
+            format_duration(rl.max_wait)
+        )
+    } else {
+        format!(
+            "paced burst {} wait {}",
+            rl.burst,
+            format_duration(rl.max_wait)
+        )
+    };
+    if let Some(quota) = rl.quota {
+        let _ = write!(s, " quota {}", quota.name());
+    }
     if let Some(n) = rl.max_in_flight {
         let _ = write!(s, " in-flight {n}");
     }
@@ -120,6 +131,9 @@ pub fn summary(config: &Config) -> String {
             let mut route = format!("/{}/", up.name);
             if !up.hosts.is_empty() {
                 let _ = write!(route, " + host {}", up.hosts.join(","));
+            }
+            if let Some(graphql) = &up.graphql {
+                let _ = write!(route, " (graphql {})", graphql.path);
             }
             let preset = up
                 .preset

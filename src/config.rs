@@ -57,6 +57,8 @@ pub const DEFAULT_TIMEOUT: Duration = Duration::from_secs(30);
 pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 3;
+/// Burst a quota-paced limit without a configured rate allows while the budget is ample.
+pub const DEFAULT_QUOTA_BURST: u32 = 10;
 pub const DEFAULT_BASE_DELAY: Duration = Duration::from_millis(100);
 pub const DEFAULT_MAX_DELAY: Duration = Duration::from_secs(10);
 pub const DEFAULT_MAX_RETRY_AFTER: Duration = Duration::from_secs(30);

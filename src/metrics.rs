@@ -28,6 +28,11 @@ pub const WEBHOOK_REPLAY_SHARED_DEGRADED: &str = "outpost_webhook_replay_shared_
 /// Extension: 1 while an `oauth2_refresh_token` upstream's Redis token store is unreachable
 /// (no refresh then; cached access tokens are used until they expire).
 pub const TOKEN_STORE_DEGRADED: &str = "outpost_token_store_degraded";
+/// `rate_limit.quota`: the budget the upstream last reported (requests or points).
+pub const UPSTREAM_QUOTA_REMAINING: &str = "outpost_upstream_quota_remaining";
+/// Extension: requests per second the quota pacing currently allows (the configured rate,
+/// lowered by the learned budget; `+Inf` while nothing bounds it).
+pub const UPSTREAM_PACING_RATE: &str = "outpost_upstream_pacing_rate";
 /// Log lines dropped because the log sink (stderr) was slower than the proxy (DESIGN.md).
 pub const LOG_LINES_DROPPED_TOTAL: &str = "outpost_log_lines_dropped_total";
 
@@ -50,6 +55,8 @@ pub const ALL: &[&str] = &[
     WEBHOOK_REPLAY_SHARED_DEGRADED,
     TOKEN_STORE_DEGRADED,
     LOG_LINES_DROPPED_TOTAL,
+    UPSTREAM_QUOTA_REMAINING,
+    UPSTREAM_PACING_RATE,
 ];
 
 use std::collections::{HashMap, HashSet};
@@ -206,6 +213,16 @@ impl Metrics {
             None,
             "1 while a refresh token's Redis store is unreachable (no refresh until it is back)."
                 .into(),
+        );
+        r.describe_gauge(
+            d(UPSTREAM_QUOTA_REMAINING),
+            None,
+            "The quota the upstream last reported left (rate_limit.quota).".into(),
+        );
+        r.describe_gauge(
+            d(UPSTREAM_PACING_RATE),
+            None,
+            "Requests per second quota pacing currently allows.".into(),
         );
     }
 

@@ -146,25 +146,29 @@ pub async fn serve_checked<R, H, Fut>(
                 let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                 let _watcher = watcher;
                 let idle = limits.idle_timeout;
-                let mut conn = std::pin::pin!(conn);
-                let mut shut = false;
-                let check = tokio::time::sleep(idle);
-                tokio::pin!(check);
-                let served = loop {
-                    tokio::select! {
-                        served = conn.as_mut() => break served,
-                        () = draining.started(), if !shut => {
-                            shut = true;
-                            conn.as_mut().graceful_shutdown();
-                        }
-                        () = &mut check, if !shut => match shared.idle_since() {
-                            Some(since) if since.elapsed() >= idle => {
+                // A block: the connection (and the socket it owns) is dropped at its end, before
+                // a refused head's socket is taken back below.
+                let served = {
+                    let mut conn = std::pin::pin!(conn);
+                    let mut shut = false;
+                    let check = tokio::time::sleep(idle);
+                    tokio::pin!(check);
+                    loop {
+                        tokio::select! {
+                            served = conn.as_mut() => break served,
+                            () = draining.started(), if !shut => {
                                 shut = true;
                                 conn.as_mut().graceful_shutdown();
                             }
-                            Some(since) => check.as_mut().reset(since + idle),
-                            None => check.as_mut().reset(tokio::time::Instant::now() + idle),
-                        },
+                            () = &mut check, if !shut => match shared.idle_since() {
+                                Some(since) if since.elapsed() >= idle => {
+                                    shut = true;
+                                    conn.as_mut().graceful_shutdown();
+                                }
+                                Some(since) => check.as_mut().reset(since + idle),
+                                None => check.as_mut().reset(tokio::time::Instant::now() + idle),
+                            },
+                        }
                     }
                 };
                 if let Err(e) = served {

@@ -7,16 +7,21 @@
 //!   prepare               hop-by-hop headers, configured headers, Idempotency-Key, URI: once
 //!   auth: prepare         strip the application's credentials; read and sign the body where
 //!                         the signature covers it (auth.rs)
+//!   graphql operation     on the GraphQL path only: query / mutation / subscription decides
+//!                         retry safety; the body is read within max_body_bytes (graphql.rs)
 //!   replay body           streams to the first attempt, keeping a copy for a retry (replay.rs)
 //!   retry loop            one decision per attempt: retry::decide(outcome, state); budget,
 //!                         backoff (retry.rs)
 //!     attempt chain       built once per config generation, outermost first:
 //!       limit             pick the pooled key, its rate limit and in-flight cap, the
-//!                         upstream's backpressure (limit.rs, ratelimit.rs)
+//!                         upstream's backpressure and quota pacing (limit.rs, ratelimit.rs,
+//!                         quota.rs)
 //!       auth              that key's credential, the OAuth2 token, the SigV4 signature
 //!       attempt timeout   attempt_timeout; tells the application's slowness from the
 //!                         upstream's (timeout.rs)
 //!       endpoint          the connection pool, Expect: 100-continue, upgrades (endpoint.rs)
+//!     graphql answer      a throttling answer is a rate-limit answer; cost data feeds the
+//!                         key's points bucket (graphql.rs)
 //!   errors: normalize     the upstream's error body rewritten (normalize.rs)
 //! ```
 //!
@@ -36,12 +41,14 @@ pub mod breaker;
 pub mod counters;
 pub mod credentials;
 pub mod endpoint;
+pub mod graphql;
 pub mod headers;
 pub mod jwt;
 pub mod layer;
 pub mod limit;
 pub mod normalize;
 pub mod oauth;
+pub mod quota;
 pub mod ratelimit;
 pub mod refresh;
 pub mod replay;
@@ -55,6 +62,7 @@ pub mod token_store;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use http::header::HeaderValue;
 use http::request::Parts;
@@ -75,9 +83,12 @@ use self::retry::{decide, Decision, Outcome, RetryPolicy};
 use self::timeout::{AttemptTimeout, AttemptTimeoutLayer};
 use crate::body::{boxed, BoxBody, Guarded};
 use crate::client::{Clients, HttpClient};
-use crate::config::{Auth, ClientCert, ErrorMode, HttpMode, Upstream};
+use crate::config::{Auth, ClientCert, ErrorMode, HttpMode, QuotaSignal, Upstream};
 use crate::error::{classify_status, FailureKind, ProxyError, X_OUTPOST_ERROR};
-use crate::metrics::{Metrics, UpstreamMetrics, AUTH_KEY_HEALTHY, RATE_LIMIT_QUEUED};
+use crate::metrics::{
+    Metrics, UpstreamMetrics, AUTH_KEY_HEALTHY, RATE_LIMIT_QUEUED, UPSTREAM_PACING_RATE,
+    UPSTREAM_QUOTA_REMAINING,
+};
 
 /// The request as it leaves the application, with the routing result.
 pub struct Outbound<'a> {
@@ -105,6 +116,8 @@ pub struct UpstreamStack {
     breaker: Option<Arc<Breaker>>,
     pub metrics: UpstreamMetrics,
     counters: Arc<Counters>,
+    /// GraphQL queries' last costs (used only with `graphql:`).
+    costs: Arc<graphql::Costs>,
 }
 
 impl UpstreamStack {
@@ -128,17 +141,24 @@ impl UpstreamStack {
         let queued = upstream_metrics.gauge(RATE_LIMIT_QUEUED);
         let shared = shared::SharedStore::for_upstream(&config, &upstream_metrics)?;
         let pool = config.auth.as_ref().map_or(1, |a| a.pool_size()).max(1);
-        let same_limits =
-            previous.filter(|p| p.config.rate_limit == config.rate_limit && p.keys.len() == pool);
+        let same_limits = previous.filter(|p| {
+            p.config.rate_limit == config.rate_limit
+                && p.config.graphql == config.graphql
+                && p.keys.len() == pool
+        });
         let slots = (0..pool)
             .map(|i| {
                 let limiter = match same_limits.and_then(|p| p.keys.limiter(i)) {
                     Some(limiter) => limiter.clone(),
-                    None => Arc::new(Limiter::with_shared(
-                        config.rate_limit.as_ref(),
-                        Some(queued.clone()),
-                        shared.as_ref().map(|s| s.bucket(i)),
-                    )),
+                    None => Arc::new(
+                        Limiter::with_shared(
+                            config.rate_limit.as_ref(),
+                            Some(queued.clone()),
+                            shared.as_ref().map(|s| s.bucket(i)),
+                        )
+                        .with_pacer(pacer(&config, &upstream_metrics))
+                        .with_points(points(&config)),
+                    ),
                 };
                 let healthy = upstream_metrics.gauge_with(AUTH_KEY_HEALTHY, "key", i.to_string());
                 KeySlot::new(limiter, healthy)
@@ -244,6 +264,7 @@ impl UpstreamStack {
             authorizer,
             metrics: upstream_metrics,
             counters,
+            costs: Arc::new(graphql::Costs::default()),
         })
     }
 
@@ -345,15 +366,41 @@ impl UpstreamStack {
             rest_path,
             mut upgrade,
             recording,
+            body_limit,
             ..
         } = outbound;
         let (mut parts, body) = request.into_parts();
-        let uri = self.prepare(&mut parts, rest_path, upgrade.is_some())?;
+        let graphql = upgrade.is_none()
+            && self
+                .config
+                .graphql
+                .as_ref()
+                .is_some_and(|g| g.path == rest_path);
+        let uri = self.prepare(&mut parts, rest_path, upgrade.is_some(), graphql)?;
         let (prepared, scope) = self
             .authorizer
             .prepare(&mut parts.headers, body, self.retry.config.max_body_bytes)
             .await?;
-        let safe = self.retry.is_safe(&parts.method, &parts.headers);
+        // GraphQL: the operation decides what is safe to send again (graphql.rs).
+        let (prepared, operation) = if graphql {
+            let (prepared, operation) = self.read_operation(&parts, prepared, body_limit).await?;
+            (prepared, Some(operation))
+        } else {
+            (prepared, None)
+        };
+        let safe = match operation.as_ref().map(|o| o.kind) {
+            Some(graphql::Kind::Query) => true,
+            Some(graphql::Kind::Subscription) => false,
+            // A mutation (or what could not be read) only with the application's key.
+            Some(graphql::Kind::Mutation | graphql::Kind::Unknown) => {
+                self.retry.is_safe(&http::Method::POST, &parts.headers)
+            }
+            None => self.retry.is_safe(&parts.method, &parts.headers),
+        };
+        let points = operation
+            .as_ref()
+            .filter(|o| o.kind != graphql::Kind::Subscription)
+            .map(|o| self.costs.estimate(o.name.as_deref()));
 
         // A copy is kept only when some retry is possible at all; with a cap of 0 the body can
         // still go again while none of it was read (a refused connection).
@@ -405,9 +452,34 @@ impl UpstreamStack {
                     auth: &scope,
                     can_refresh: !auth_refreshed,
                     endpoint: None,
+                    points,
                 })
                 .await;
-            let outcome = self.outcome(&result, safe);
+            let mut throttled = None;
+            let result = match (&operation, result) {
+                (Some(op), Ok(answered)) if op.kind != graphql::Kind::Subscription => {
+                    let (answered, wait) = self.graphql_answer(op, points, answered).await;
+                    throttled = wait;
+                    Ok(answered)
+                }
+                (_, result) => result,
+            };
+            let mut outcome = self.outcome(&result, safe);
+            if let (Some(wait), Ok(answered)) = (throttled, &result) {
+                // A GraphQL throttling answer is a rate-limit answer whatever its status.
+                outcome = Outcome::Response {
+                    status: StatusCode::TOO_MANY_REQUESTS,
+                    retryable: self.retry.retry_status(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        answered.response.headers(),
+                        safe,
+                    ),
+                    wait: Some(wait),
+                    credential_rejected: false,
+                    key_rejected: false,
+                    other_key_free: false,
+                };
+            }
             let state = retry::State {
                 retries,
                 max_attempts: self.retry.config.max_attempts,
@@ -482,12 +554,134 @@ impl UpstreamStack {
         }
     }
 
+    /// The GraphQL operation of a request to the GraphQL path: from the query string (GET) or
+    /// the body, read within `retry.max_body_bytes`; a larger body streams on unread.
+    async fn read_operation(
+        &self,
+        parts: &Parts,
+        prepared: Prepared,
+        body_limit: Option<u64>,
+    ) -> Result<(Prepared, graphql::Operation), ProxyError> {
+        if parts.method == http::Method::GET {
+            let operation = graphql::classify_query_string(parts.uri.query().unwrap_or(""));
+            return Ok((prepared, operation));
+        }
+        let cap = usize::try_from(self.retry.config.max_body_bytes).unwrap_or(usize::MAX);
+        match prepared {
+            Prepared::Read(chunks) => {
+                let operation = graphql::classify_body(&chunks.concat());
+                Ok((Prepared::Read(chunks), operation))
+            }
+            Prepared::Stream(body) => match graphql::read_prefix(body, cap).await {
+                Ok((chunks, None)) => {
+                    let operation = graphql::classify_body(&chunks.concat());
+                    Ok((Prepared::Read(chunks), operation))
+                }
+                Ok((_, Some(rest))) => {
+                    Ok((Prepared::Stream(boxed(rest)), graphql::Operation::unknown()))
+                }
+                Err(e) => Err(replay::client_fault(&*e, body_limit)),
+            },
+        }
+    }
+
+    /// A GraphQL answer: its first bytes read for a throttling error, its cost data learned
+    /// (at once when it is small, else as it streams). Returns the wait a throttling answer
+    /// asks for (the key's limiter is paused for it).
+    async fn graphql_answer(
+        &self,
+        operation: &graphql::Operation,
+        points: Option<f64>,
+        mut answered: Answered,
+    ) -> (Answered, Option<Duration>) {
+        let status = answered.response.status().as_u16();
+        let json = answered
+            .response
+            .headers()
+            .get(http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|v| v.contains("json"));
+        if !(status == 200 || status == 403) || !json {
+            return (answered, None);
+        }
+        let key = answered.key;
+        let seq = answered.admission.as_ref().map_or(0, |a| a.seq);
+        let estimate = points.unwrap_or(1.0);
+        let (parts, body) =
+            std::mem::replace(&mut answered.response, Response::new(crate::body::empty()))
+                .into_parts();
+        let learn = {
+            let keys = self.keys.clone();
+            let costs = self.costs.clone();
+            let name = operation.name.clone();
+            move |facts: &graphql::Facts| {
+                if let Some(cost) = &facts.cost {
+                    costs.learn(name.as_deref(), cost);
+                    let points = keys.limiter(key).and_then(|l| l.points());
+                    if let (Some(budget), Some(pacer)) = (cost.budget(), points) {
+                        pacer.learn(budget, seq, estimate);
+                    }
+                }
+            }
+        };
+        match graphql::read_prefix(body, graphql::PEEK_BYTES).await {
+            Ok((chunks, None)) => {
+                let bytes = chunks.concat();
+                let facts = graphql::read_answer(&bytes);
+                learn(&facts);
+                answered.response = Response::from_parts(parts, crate::body::full(bytes));
+                if !facts.throttled {
+                    return (answered, None);
+                }
+                let wait = facts
+                    .cost
+                    .and_then(|c| c.wait_for(c.requested.unwrap_or(estimate)))
+                    .or_else(|| {
+                        retry_after::requested_wait(
+                            answered.response.headers(),
+                            self.config.provider,
+                            std::time::SystemTime::now(),
+                        )
+                    })
+                    .or(self
+                        .config
+                        .provider
+                        .default_429_wait_secs
+                        .map(Duration::from_secs))
+                    .unwrap_or(Duration::from_secs(1))
+                    .min(Duration::from_secs(3600));
+                self.counters.limited_upstream.increment(1);
+                if let Some(limiter) = self.keys.limiter(key) {
+                    limiter.pause_until(Instant::now() + wait);
+                }
+                tracing::debug!(upstream = %self.config.name, wait_ms = wait.as_millis() as u64, "graphql answer throttled");
+                (answered, Some(wait))
+            }
+            Ok((_, Some(rest))) => {
+                let tapped = graphql::Tap::new(boxed(rest), move |bytes: &[u8]| {
+                    learn(&graphql::read_answer(bytes))
+                });
+                answered.response = Response::from_parts(parts, boxed(tapped));
+                (answered, None)
+            }
+            Err(e) => {
+                let failed = futures_util::stream::once(async move {
+                    Err::<http_body::Frame<bytes::Bytes>, crate::body::BoxError>(e)
+                });
+                answered.response =
+                    Response::from_parts(parts, boxed(http_body_util::StreamBody::new(failed)));
+                (answered, None)
+            }
+        }
+    }
+
     /// Header and path work done once per logical request; returns the upstream URI.
     fn prepare(
         &self,
         parts: &mut Parts,
         rest_path: &str,
         upgrade: bool,
+        graphql: bool,
     ) -> Result<Uri, ProxyError> {
         headers::sanitize_request(&mut parts.headers, upgrade);
         let base = &self.config.base_url;
@@ -504,8 +698,12 @@ impl UpstreamStack {
         for (name, value) in &self.config.headers {
             parts.headers.insert(name.clone(), value.clone());
         }
-        self.retry
-            .add_idempotency_key(&parts.method, &mut parts.headers);
+        // Never an automatic key on a GraphQL request: servers ignore it, so a retry it
+        // allowed would not be safe (graphql.rs).
+        if !graphql {
+            self.retry
+                .add_idempotency_key(&parts.method, &mut parts.headers);
+        }
         upstream_uri(base, &path_and_query)
             .map_err(|_| ProxyError::BadRequest("request path cannot be forwarded"))
     }
@@ -585,6 +783,40 @@ fn record_attempt(
             draft.limiter_wait(wait);
         }
     });
+}
+
+/// The quota pacer of one key, when `rate_limit.quota` is set.
+fn pacer(config: &Upstream, metrics: &UpstreamMetrics) -> Option<quota::Pacer> {
+    let rl = config.rate_limit.as_ref()?;
+    let signal = rl.quota?;
+    let shared = rl.shared.as_ref();
+    Some(quota::Pacer::new(
+        Some(signal),
+        rl.per_second(),
+        shared.map_or(0, |s| s.expected_replicas.saturating_sub(1)),
+        shared.is_none(),
+        Some(metrics.gauge(UPSTREAM_QUOTA_REMAINING)),
+        Some(metrics.gauge(UPSTREAM_PACING_RATE)),
+    ))
+}
+
+/// The GraphQL points bucket of one key, when `graphql:` is on. It reads the quota headers of
+/// GraphQL answers when they count points (`x-ratelimit`: GitHub's `graphql` resource, `ietf`),
+/// and Shopify's `extensions.cost` from their bodies.
+fn points(config: &Upstream) -> Option<quota::Pacer> {
+    config.graphql.as_ref()?;
+    let rl = config.rate_limit.as_ref();
+    let signal = rl
+        .and_then(|r| r.quota)
+        .filter(|q| matches!(q, QuotaSignal::XRateLimit | QuotaSignal::Ietf));
+    Some(quota::Pacer::new(
+        signal,
+        rl.map_or(f64::INFINITY, |r| r.per_second()),
+        0,
+        true,
+        None,
+        None,
+    ))
 }
 
 /// Is the token-minting part of two auth configs the same (so a reload keeps the token)?

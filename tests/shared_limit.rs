@@ -432,6 +432,7 @@ fn rate(rps: f64, burst: u32, shared: Option<SharedLimit>) -> RateLimit {
         max_wait: Duration::ZERO,
         max_in_flight: None,
         shared,
+        quota: None,
     }
 }
 

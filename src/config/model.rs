@@ -90,6 +90,48 @@ pub struct Upstream {
     /// Record/replay (`mode:`), and how its cassette matches (`cassette:`).
     pub mode: super::capture::Mode,
     pub cassette: super::capture::CassetteOptions,
+    /// `graphql:`: requests to the GraphQL endpoint are classified by operation (query,
+    /// mutation, subscription) and, with Shopify-style cost data, paced by points.
+    pub graphql: Option<Graphql>,
+}
+
+/// `graphql: true` (the preset's GraphQL path, else `/graphql`) or `graphql: {path: …}`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Graphql {
+    /// The path after the route prefix (`/graphql`, Shopify `/graphql.json`), query excluded.
+    pub path: String,
+}
+
+/// `rate_limit.quota`: the provider signal that tells the remaining budget (REFERENCE.md).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
+pub enum QuotaSignal {
+    /// `X-RateLimit-Limit`, `-Remaining`, `-Reset` (epoch seconds, or a delta when small).
+    #[serde(rename = "x-ratelimit")]
+    XRateLimit,
+    /// `X-Shopify-Shop-Api-Call-Limit: 32/40` (a bucket of 40 leaking 2/s); GraphQL cost.
+    #[serde(rename = "shopify")]
+    Shopify,
+    /// `X-HubSpot-RateLimit-Remaining` + `-Interval-Milliseconds`, `-Secondly-Remaining`.
+    #[serde(rename = "hubspot")]
+    Hubspot,
+    /// `Sforce-Limit-Info: api-usage=25/5000` (a 24 h rolling window).
+    #[serde(rename = "salesforce")]
+    Salesforce,
+    /// `RateLimit: "default";r=50;t=30` with `RateLimit-Policy: "default";q=100;w=60`.
+    #[serde(rename = "ietf")]
+    Ietf,
+}
+
+impl QuotaSignal {
+    pub fn name(self) -> &'static str {
+        match self {
+            QuotaSignal::XRateLimit => "x-ratelimit",
+            QuotaSignal::Shopify => "shopify",
+            QuotaSignal::Hubspot => "hubspot",
+            QuotaSignal::Salesforce => "salesforce",
+            QuotaSignal::Ietf => "ietf",
+        }
+    }
 }
 
 /// The scheme, authority and base path of an upstream; the only source of where requests go.
@@ -425,18 +467,26 @@ pub struct HmacSignature {
 
 #[derive(Clone, Debug, PartialEq)]
 pub struct RateLimit {
-    /// `requests` per `per`.
+    /// `requests` per `per`; `f64::INFINITY` when no rate is configured and `quota` alone
+    /// paces (see [`RateLimit::has_rate`]).
     pub requests: f64,
     pub per: Duration,
     pub burst: u32,
     pub max_wait: Duration,
     pub max_in_flight: Option<u32>,
     pub shared: Option<SharedLimit>,
+    /// The provider's quota headers this limit follows (the learned budget lowers the rate).
+    pub quota: Option<QuotaSignal>,
 }
 
 impl RateLimit {
     pub fn per_second(&self) -> f64 {
         self.requests / self.per.as_secs_f64()
+    }
+
+    /// False for `rate_limit: {quota: …}` without `requests_per_second`/`_minute`.
+    pub fn has_rate(&self) -> bool {
+        self.requests.is_finite()
     }
 }
 

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use super::{AuthType, IdempotencyKeyMode};
+use super::{AuthType, IdempotencyKeyMode, QuotaSignal};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -69,6 +69,10 @@ pub struct PresetDefaults {
     pub idempotency_header: &'static str,
     /// Auth keys filled in when left out.
     pub auth_defaults: AuthDefaults,
+    /// The quota headers the provider sends (`rate_limit.quota` unless the config says).
+    pub quota: Option<QuotaSignal>,
+    /// The GraphQL endpoint's path after the route prefix; `graphql:` is on by default.
+    pub graphql_path: Option<&'static str>,
 }
 
 impl Preset {
@@ -123,6 +127,8 @@ static STRIPE: PresetDefaults = PresetDefaults {
     default_429_wait_secs: None,
     idempotency_header: "idempotency-key",
     auth_defaults: NO_AUTH_DEFAULTS,
+    quota: None,
+    graphql_path: None,
 };
 
 // SendGrid: no idempotency keys, so a POST /v3/mail/send is sent once unless nothing was sent.
@@ -138,6 +144,9 @@ static SENDGRID: PresetDefaults = PresetDefaults {
     default_429_wait_secs: None,
     idempotency_header: "idempotency-key",
     auth_defaults: NO_AUTH_DEFAULTS,
+    // X-RateLimit-Limit / -Remaining / -Reset (epoch seconds) on every answer.
+    quota: Some(QuotaSignal::XRateLimit),
+    graphql_path: None,
 };
 
 // Twilio: HTTP basic with the account SID and auth token; a 429 (error 20429) is never processed.
@@ -153,6 +162,8 @@ static TWILIO: PresetDefaults = PresetDefaults {
     default_429_wait_secs: None,
     idempotency_header: "idempotency-key",
     auth_defaults: NO_AUTH_DEFAULTS,
+    quota: None,
+    graphql_path: None,
 };
 
 // GitHub: primary limits announce x-ratelimit-reset (epoch seconds); secondary limits send
@@ -173,6 +184,8 @@ static GITHUB: PresetDefaults = PresetDefaults {
     default_429_wait_secs: Some(60),
     idempotency_header: "idempotency-key",
     auth_defaults: NO_AUTH_DEFAULTS,
+    quota: Some(QuotaSignal::XRateLimit),
+    graphql_path: Some("/graphql"),
 };
 
 // OpenAI: x-ratelimit-reset-requests / -tokens are Go-style durations ("6m0s", "120ms").
@@ -191,6 +204,8 @@ static OPENAI: PresetDefaults = PresetDefaults {
     default_429_wait_secs: None,
     idempotency_header: "idempotency-key",
     auth_defaults: NO_AUTH_DEFAULTS,
+    quota: None,
+    graphql_path: None,
 };
 
 const NO_AUTH_DEFAULTS: AuthDefaults = AuthDefaults {
@@ -215,6 +230,8 @@ const PLAIN: PresetDefaults = PresetDefaults {
     default_429_wait_secs: None,
     idempotency_header: "idempotency-key",
     auth_defaults: NO_AUTH_DEFAULTS,
+    quota: None,
+    graphql_path: None,
 };
 
 // PayPal: client credentials at /v1/oauth2/token with HTTP basic `client_id:secret` (token
@@ -261,6 +278,7 @@ static SALESFORCE: PresetDefaults = PresetDefaults {
         audience: Some("https://login.salesforce.com"),
         ..NO_AUTH_DEFAULTS
     },
+    quota: Some(QuotaSignal::Salesforce),
     ..PLAIN
 };
 
@@ -268,6 +286,7 @@ static SALESFORCE: PresetDefaults = PresetDefaults {
 static HUBSPOT: PresetDefaults = PresetDefaults {
     base_url: "https://api.hubapi.com",
     auth_type: AuthType::Bearer,
+    quota: Some(QuotaSignal::Hubspot),
     ..PLAIN
 };
 
@@ -280,6 +299,8 @@ static SHOPIFY: PresetDefaults = PresetDefaults {
         header_name: Some("x-shopify-access-token"),
         ..NO_AUTH_DEFAULTS
     },
+    quota: Some(QuotaSignal::Shopify),
+    graphql_path: Some("/graphql.json"),
     ..PLAIN
 };
 
@@ -316,4 +337,6 @@ pub static GENERIC: PresetDefaults = PresetDefaults {
     default_429_wait_secs: None,
     idempotency_header: "idempotency-key",
     auth_defaults: NO_AUTH_DEFAULTS,
+    quota: None,
+    graphql_path: None,
 };

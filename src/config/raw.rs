@@ -72,6 +72,66 @@ pub(super) struct RawUpstream {
     /// Issue 13: `live` (default) | `record` | `replay` | `replay_or_record`.
     pub(super) mode: Option<super::capture::Mode>,
     pub(super) cassette: Option<super::capture::RawCassetteOptions>,
+    pub(super) graphql: Option<RawGraphql>,
+}
+
+/// `graphql: true | false | {path: /graphql}`.
+#[derive(Debug)]
+pub(super) enum RawGraphql {
+    On(bool),
+    Path(RawGraphqlPath),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct RawGraphqlPath {
+    pub(super) path: String,
+}
+
+impl<'de> Deserialize<'de> for RawGraphql {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = RawGraphql;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("`true`, `false` or `{path: /graphql}`")
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<RawGraphql, E> {
+                Ok(RawGraphql::On(v))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<RawGraphql, A::Error> {
+                RawGraphqlPath::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(RawGraphql::Path)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// `rate_limit.quota`: a signal, or `off` to drop a preset's.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum RawQuota {
+    Signal(QuotaSignal),
+    Off,
+}
+
+impl<'de> Deserialize<'de> for RawQuota {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(d)?;
+        Ok(match text.as_str() {
+            "x-ratelimit" => RawQuota::Signal(QuotaSignal::XRateLimit),
+            "shopify" => RawQuota::Signal(QuotaSignal::Shopify),
+            "hubspot" => RawQuota::Signal(QuotaSignal::Hubspot),
+            "salesforce" => RawQuota::Signal(QuotaSignal::Salesforce),
+            "ietf" => RawQuota::Signal(QuotaSignal::Ietf),
+            "off" => RawQuota::Off,
+            _ => {
+                return Err(serde::de::Error::custom(
+                    "unknown quota signal: expected x-ratelimit, shopify, hubspot, salesforce, ietf or off",
+                ))
+            }
+        })
+    }
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -172,6 +232,7 @@ pub(super) struct RawRateLimit {
     pub(super) max_wait: Option<Dur>,
     pub(super) max_in_flight: Option<u32>,
     pub(super) shared: Option<RawShared>,
+    pub(super) quota: Option<RawQuota>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -371,6 +371,68 @@ fn auth_fields_must_match_the_type() {
 }
 
 #[test]
+fn quota_and_graphql_from_presets_and_overrides() {
+    let c = load(
+        "version: 1
+upstreams:
+  gh: { preset: github, auth: { token: t } }
+  shop: { preset: shopify, base_url: \"https://a.myshopify.com/admin/api/2024-10\", auth: { value: v } }
+  hs: { preset: hubspot, auth: { token: t }, rate_limit: { requests_per_second: 10 } }
+  sg: { preset: sendgrid, auth: { token: t }, rate_limit: { quota: off, requests_per_second: 5 } }
+  own: { base_url: https://x.example, graphql: { path: /v1/graphql/ }, rate_limit: { quota: ietf, max_wait: 5s } }
+  plain: { base_url: https://x.example, graphql: true }
+  off: { preset: github, graphql: false, auth: { token: t } }
+",
+    );
+    let c = c.unwrap();
+    let up = |n: &str| c.upstreams.iter().find(|u| u.name == n).unwrap().clone();
+    let gh = up("gh");
+    let rl = gh
+        .rate_limit
+        .as_ref()
+        .expect("the preset's quota paces alone");
+    assert_eq!(rl.quota, Some(QuotaSignal::XRateLimit));
+    assert!(!rl.has_rate());
+    assert_eq!(rl.burst, DEFAULT_QUOTA_BURST);
+    assert_eq!(
+        gh.graphql.as_ref().map(|g| g.path.as_str()),
+        Some("/graphql")
+    );
+    let shop = up("shop");
+    assert_eq!(
+        shop.rate_limit.as_ref().and_then(|r| r.quota),
+        Some(QuotaSignal::Shopify)
+    );
+    assert_eq!(
+        shop.graphql.as_ref().map(|g| g.path.as_str()),
+        Some("/graphql.json")
+    );
+    let hs = up("hs").rate_limit.clone().unwrap();
+    assert_eq!((hs.quota, hs.requests), (Some(QuotaSignal::Hubspot), 10.0));
+    let own = up("own");
+    assert_eq!(
+        own.graphql.as_ref().map(|g| g.path.as_str()),
+        Some("/v1/graphql")
+    );
+    let rl = own.rate_limit.as_ref().unwrap();
+    assert_eq!(
+        (rl.quota, rl.max_wait),
+        (Some(QuotaSignal::Ietf), Duration::from_secs(5))
+    );
+    assert_eq!(
+        up("plain").graphql.as_ref().map(|g| g.path.as_str()),
+        Some("/graphql")
+    );
+    assert!(up("plain").rate_limit.is_none());
+    assert!(up("off").graphql.is_none());
+    assert_eq!(
+        up("sg").rate_limit.as_ref().unwrap().quota,
+        None,
+        "quota: off"
+    );
+}
+
+#[test]
 fn policy_values_are_validated() {
     let cases = [
         (
@@ -382,6 +444,21 @@ fn policy_values_are_validated() {
             "not both",
         ),
         ("rate_limit: { burst: 5 }", "needs `requests_per_second`"),
+        ("rate_limit: { quota: github }", "unknown quota signal"),
+        ("rate_limit: { quota: [x-ratelimit] }", "invalid type"),
+        (
+            "rate_limit: { quota: ietf, quotas: 1 }",
+            "unknown field `quotas`",
+        ),
+        ("graphql: yes", "`true`, `false` or `{path: /graphql}`"),
+        (
+            "graphql: { path: graphql }",
+            "must be a path starting with `/`",
+        ),
+        (
+            "graphql: { path: /graphql, paths: [] }",
+            "unknown field `paths`",
+        ),
         (
             "rate_limit: { requests_per_second: 5, shared: { redis_url: \"http://x\" } }",
             "redis://",

@@ -483,9 +483,45 @@ impl Validator {
             );
         }
 
-        let rate_limit = raw
-            .rate_limit
-            .and_then(|r| self.rate_limit(&join(path, "rate_limit"), r));
+        let rate_limit = match raw.rate_limit {
+            Some(r) => self.rate_limit(&join(path, "rate_limit"), r, provider.quota),
+            // The preset's quota paces on its own, without a configured rate.
+            None => provider.quota.map(|quota| RateLimit {
+                requests: f64::INFINITY,
+                per: Duration::from_secs(1),
+                burst: DEFAULT_QUOTA_BURST,
+                max_wait: DEFAULT_MAX_WAIT,
+                max_in_flight: None,
+                shared: None,
+                quota: Some(quota),
+            }),
+        };
+        let graphql = match raw.graphql {
+            None | Some(RawGraphql::On(true)) if provider.graphql_path.is_some() => {
+                provider.graphql_path.map(|p| Graphql {
+                    path: p.to_string(),
+                })
+            }
+            None | Some(RawGraphql::On(false)) => None,
+            Some(RawGraphql::On(true)) => Some(Graphql {
+                path: "/graphql".to_string(),
+            }),
+            Some(RawGraphql::Path(p)) => {
+                let valid = p.path.starts_with('/')
+                    && p.path.len() <= 256
+                    && !p.path.contains(['?', '#'])
+                    && p.path.bytes().all(|b| b.is_ascii_graphic());
+                if !valid {
+                    self.error(
+                        join(&join(path, "graphql"), "path"),
+                        "must be a path starting with `/`, without query or spaces",
+                    );
+                }
+                valid.then(|| Graphql {
+                    path: p.path.trim_end_matches('/').to_string(),
+                })
+            }
+        };
         let retry = self.retry(&join(path, "retry"), raw.retry, provider);
         let circuit_breaker = raw.circuit_breaker.and_then(|b| {
             let consecutive_failures = b
@@ -588,6 +624,7 @@ impl Validator {
             provider,
             mode: raw.mode.unwrap_or_default(),
             cassette: cassette?,
+            graphql,
         })
     }
 
@@ -1210,8 +1247,22 @@ impl Validator {
         Some(url)
     }
 
-    fn rate_limit(&mut self, path: &str, raw: RawRateLimit) -> Option<RateLimit> {
+    fn rate_limit(
+        &mut self,
+        path: &str,
+        raw: RawRateLimit,
+        preset_quota: Option<QuotaSignal>,
+    ) -> Option<RateLimit> {
+        let quota = match raw.quota {
+            Some(RawQuota::Signal(signal)) => Some(signal),
+            Some(RawQuota::Off) => None,
+            None => preset_quota,
+        };
         let (requests, per, key) = match (raw.requests_per_second, raw.requests_per_minute) {
+            // The quota alone paces.
+            (None, None) if quota.is_some() => {
+                (f64::INFINITY, Duration::from_secs(1), "requests_per_second")
+            }
             (Some(r), None) => (r, Duration::from_secs(1), "requests_per_second"),
             (None, Some(r)) => (r, Duration::from_secs(60), "requests_per_minute"),
             (Some(_), Some(_)) => {
@@ -1222,18 +1273,26 @@ impl Validator {
                 return None;
             }
             (None, None) => {
-                self.key_error(path, "needs `requests_per_second` or `requests_per_minute`");
+                self.key_error(
+                    path,
+                    "needs `requests_per_second`, `requests_per_minute` or `quota`",
+                );
                 return None;
             }
         };
-        if !(requests.is_finite() && requests > 0.0 && requests <= 1_000_000.0) {
+        let configured = raw.requests_per_second.is_some() || raw.requests_per_minute.is_some();
+        if configured && !(requests.is_finite() && requests > 0.0 && requests <= 1_000_000.0) {
             self.error(
                 join(path, key),
                 "must be a number above 0 and at most 1000000",
             );
             return None;
         }
-        let burst = raw.burst.unwrap_or_else(|| (requests.ceil() as u32).max(1));
+        let burst = match raw.burst {
+            Some(b) => b,
+            None if requests.is_finite() => (requests.ceil() as u32).max(1),
+            None => DEFAULT_QUOTA_BURST,
+        };
         if burst == 0 {
             self.error(join(path, "burst"), "must be at least 1");
             return None;
@@ -1281,6 +1340,7 @@ impl Validator {
             max_wait: raw.max_wait.map_or(DEFAULT_MAX_WAIT, |d| d.0),
             max_in_flight: raw.max_in_flight,
             shared,
+            quota,
         })
     }
 

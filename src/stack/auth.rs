@@ -444,6 +444,7 @@ mod tests {
                 auth: &AuthScope::default(),
                 can_refresh: true,
                 endpoint: None,
+                points: None,
             })
             .await
             .unwrap();

@@ -44,6 +44,9 @@ pub struct Attempt<'a> {
     /// Another origin's pool than the upstream's own, chosen by the auth layer for
     /// `base_url: from_token` (the token's `instance_url`); `None`: the upstream's.
     pub endpoint: Option<Arc<crate::client::Endpoint>>,
+    /// A GraphQL query's estimated points: drawn from the key's points bucket instead of its
+    /// request budget (`None` for every other request).
+    pub points: Option<f64>,
 }
 
 /// The upstream's answer on its way out, with what the layers learned.
@@ -60,6 +63,8 @@ pub struct Answered {
     pub key_rejected: bool,
     /// Another pooled key is not paused.
     pub other_key_free: bool,
+    /// The pooled key the attempt went with.
+    pub key: usize,
 }
 
 impl Answered {
@@ -71,6 +76,7 @@ impl Answered {
             credential_rejected: false,
             key_rejected: false,
             other_key_free: false,
+            key: 0,
         }
     }
 }
@@ -227,6 +233,7 @@ mod tests {
                 auth: &AuthScope::default(),
                 can_refresh: false,
                 endpoint: None,
+                points: None,
             })
             .await
             .unwrap();

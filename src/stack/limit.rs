@@ -176,14 +176,19 @@ pub struct KeyLimit<S> {
 
 impl<S> KeyLimit<S> {
     /// Wait for the key's rate limit (and in-flight cap), within the total deadline.
-    async fn admit(&self, key: usize, deadline: Instant) -> Result<Admission, ProxyError> {
+    async fn admit(
+        &self,
+        key: usize,
+        deadline: Instant,
+        points: Option<f64>,
+    ) -> Result<Admission, ProxyError> {
         let Some(limiter) = self.keys.limiter(key) else {
             return Err(ProxyError::CredentialsUnavailable {
                 upstream: self.keys.upstream.clone(),
                 reason: "no key is configured".into(),
             });
         };
-        match limiter.acquire(Some(deadline)).await {
+        match limiter.acquire_points(Some(deadline), points).await {
             Ok(admission) => Ok(admission),
             Err(Rejected::Local { retry_after }) => {
                 self.counters.limited_local.increment(1);
@@ -207,16 +212,28 @@ impl<S: Service> Service for KeyLimit<S> {
     async fn call<'a>(&'a self, mut attempt: Attempt<'a>) -> AttemptResult {
         let key = self.keys.pick()?;
         attempt.key = key;
+        let points = attempt.points;
         let admission = if attempt.progress.is_timed() {
             let waited = Instant::now();
-            let admission = self.admit(key, attempt.deadline).await;
+            let admission = self.admit(key, attempt.deadline, points).await;
             attempt.progress.add_limiter_wait(waited.elapsed());
             admission?
         } else {
-            self.admit(key, attempt.deadline).await?
+            self.admit(key, attempt.deadline, points).await?
         };
         let mut answered: Answered = self.inner.call(attempt).await?;
         let status = answered.response.status();
+        if let Some(limiter) = self.keys.limiter(key) {
+            if let Some(pacer) = limiter.pacer_for(points) {
+                // The budget is spent: hold this key (and, shared, every replica) until the
+                // reset, which also steers key selection away from it. A spent GraphQL points
+                // bucket holds only GraphQL queries (its own wait): the REST budget is another.
+                let spent = pacer.observe(answered.response.headers(), admission.seq);
+                if let (Some(until), None) = (spent, points) {
+                    limiter.pause_until(until);
+                }
+            }
+        }
         answered.wait = self
             .keys
             .observe(key, status, answered.response.headers(), &self.counters);
@@ -231,6 +248,7 @@ impl<S: Service> Service for KeyLimit<S> {
                 });
         }
         answered.admission = Some(admission);
+        answered.key = key;
         Ok(answered)
     }
 }
@@ -305,6 +323,7 @@ mod tests {
                 auth: &Default::default(),
                 can_refresh: true,
                 endpoint: None,
+                points: None,
             })
             .await
     }
@@ -342,6 +361,90 @@ mod tests {
         assert_eq!(err.kind(), "credentials_unavailable");
     }
 
+    /// Answers with X-RateLimit-* headers: key 0's budget is spent, key 1's is not.
+    struct PerKeyQuota(Mutex<Vec<usize>>);
+    impl Service for Arc<PerKeyQuota> {
+        async fn call<'a>(&'a self, attempt: Attempt<'a>) -> AttemptResult {
+            self.0.lock().unwrap().push(attempt.key);
+            let remaining = if attempt.key == 0 { "0" } else { "50" };
+            let response = http::Response::builder()
+                .header("x-ratelimit-limit", "60")
+                .header("x-ratelimit-remaining", remaining)
+                .header("x-ratelimit-reset", "30")
+                .body(crate::body::empty())
+                .unwrap();
+            Ok(Answered::new(response))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_spent_quota_pauses_only_its_key() {
+        let metrics = Metrics::new();
+        let m = UpstreamMetrics::new(&metrics, "api");
+        let quota = RateLimit {
+            requests: f64::INFINITY,
+            per: Duration::from_secs(1),
+            burst: 10,
+            max_wait: Duration::from_secs(1),
+            max_in_flight: None,
+            shared: None,
+            quota: Some(crate::config::QuotaSignal::XRateLimit),
+        };
+        let slots = (0..2)
+            .map(|i| {
+                let pacer = crate::stack::quota::Pacer::new(
+                    quota.quota,
+                    f64::INFINITY,
+                    0,
+                    true,
+                    None,
+                    None,
+                );
+                KeySlot::new(
+                    Arc::new(Limiter::new(Some(&quota)).with_pacer(Some(pacer))),
+                    m.gauge_with("g", "key", i.to_string()),
+                )
+            })
+            .collect();
+        let keys = Arc::new(Keys::new("api", slots, &GENERIC));
+        let upstream = Arc::new(PerKeyQuota(Mutex::new(Vec::new())));
+        let chain = Stack::new(upstream.clone())
+            .push(KeyLimitLayer {
+                keys: keys.clone(),
+                counters: Arc::new(Counters::new(&m)),
+            })
+            .into_inner();
+        let progress = Progress::new(None);
+        for _ in 0..3 {
+            chain
+                .call(Attempt {
+                    request: http::Request::new(crate::body::empty()),
+                    key: usize::MAX,
+                    upgrade: None,
+                    deadline: Instant::now() + Duration::from_secs(60),
+                    progress: &progress,
+                    auth: &Default::default(),
+                    can_refresh: true,
+                    endpoint: None,
+                    points: None,
+                })
+                .await
+                .unwrap();
+        }
+        let paused = keys
+            .limiter(0)
+            .unwrap()
+            .paused_for()
+            .expect("key 0 is spent");
+        assert!(paused >= Duration::from_secs(30), "{paused:?}");
+        assert!(keys.limiter(1).unwrap().paused_for().is_none());
+        assert_eq!(
+            *upstream.0.lock().unwrap(),
+            vec![0, 1, 1],
+            "key 1 serves meanwhile"
+        );
+    }
+
     #[tokio::test(start_paused = true)]
     async fn over_the_local_budget_is_refused_before_the_upstream() {
         let rate = RateLimit {
@@ -351,6 +454,7 @@ mod tests {
             max_wait: Duration::ZERO,
             max_in_flight: None,
             shared: None,
+            quota: None,
         };
         let (chain, script, _) = chain(1, Some(&rate), vec![(200, None), (200, None)]);
         call(&chain).await.unwrap();

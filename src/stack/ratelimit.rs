@@ -9,6 +9,11 @@
 //! With `rate_limit.shared`, a [`SharedBucket`] in Redis decides first (see `shared.rs`); the
 //! local bucket then runs at `rate / expected_replicas` and serves only while Redis cannot
 //! answer. Without it, no Redis code is on the path.
+//!
+//! With `rate_limit.quota`, a [`Pacer`] (see `quota.rs`) is waited for first: the budget the
+//! upstream reports lowers the configured rate (or alone paces, when none is configured). With
+//! `graphql:`, GraphQL queries draw their estimated points from a second pacer, the key's points
+//! bucket. Without either, no pacer code runs.
 
 use std::num::NonZeroU32;
 use std::ops::Add;
@@ -24,6 +29,7 @@ use governor::{Quota, RateLimiter};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
+use super::quota::Pacer;
 use super::shared::{SharedBucket, Verdict};
 use crate::config::RateLimit;
 
@@ -101,6 +107,8 @@ pub enum Rejected {
 #[derive(Debug)]
 pub struct Admission {
     _permit: Option<OwnedSemaphorePermit>,
+    /// The quota pacer's sequence number of this admission (0 without `quota`).
+    pub seq: u64,
 }
 
 impl Admission {
@@ -123,6 +131,10 @@ pub struct Limiter {
     paused_until: Mutex<Option<Instant>>,
     /// The replicas' common budget, when `rate_limit.shared` is set.
     shared: Option<SharedBucket>,
+    /// The budget learned from the upstream's quota headers (`rate_limit.quota`).
+    pacer: Option<Pacer>,
+    /// The GraphQL points bucket (`graphql:`), drawn by GraphQL queries.
+    points: Option<Pacer>,
 }
 
 impl Limiter {
@@ -144,6 +156,13 @@ impl Limiter {
         shared: Option<SharedBucket>,
     ) -> Self {
         let (bucket, interval, max_wait, in_flight) = match config {
+            Some(rl) if !rl.has_rate() => (
+                None,
+                Duration::ZERO,
+                rl.max_wait,
+                rl.max_in_flight
+                    .map(|n| Arc::new(Semaphore::new(n as usize))),
+            ),
             Some(rl) => {
                 let (requests, burst) = match (&shared, &rl.shared) {
                     (Some(_), Some(s)) => degraded_share(rl, s.expected_replicas),
@@ -176,7 +195,40 @@ impl Limiter {
             in_flight,
             paused_until: Mutex::new(None),
             shared,
+            pacer: None,
+            points: None,
         }
+    }
+
+    /// This limiter, with a GraphQL points bucket as well.
+    pub fn with_points(mut self, points: Option<Pacer>) -> Self {
+        self.points = points;
+        self
+    }
+
+    /// The GraphQL points bucket, when `graphql:` is on.
+    pub fn points(&self) -> Option<&Pacer> {
+        self.points.as_ref()
+    }
+
+    /// The pacer an attempt draws from: the points bucket for a GraphQL query (`points`),
+    /// else the quota pacer.
+    pub fn pacer_for(&self, points: Option<f64>) -> Option<&Pacer> {
+        match points {
+            Some(_) => self.points.as_ref().or(self.pacer.as_ref()),
+            None => self.pacer.as_ref(),
+        }
+    }
+
+    /// This limiter, pacing by the upstream's quota headers as well.
+    pub fn with_pacer(mut self, pacer: Option<Pacer>) -> Self {
+        self.pacer = pacer;
+        self
+    }
+
+    /// The quota pacer, when `rate_limit.quota` is set.
+    pub fn pacer(&self) -> Option<&Pacer> {
+        self.pacer.as_ref()
     }
 
     /// Requests waiting in the queue now.
@@ -208,8 +260,57 @@ impl Limiter {
             .filter(|d| !d.is_zero())
     }
 
-    /// Wait for a slot: FIFO, at most `max_wait` (which is also capped by `deadline`).
+    /// Wait for a slot: FIFO, at most `max_wait` (which is also capped by `deadline`). With a
+    /// quota pacer, the learned budget is waited for first.
     pub async fn acquire(&self, deadline: Option<Instant>) -> Result<Admission, Rejected> {
+        self.acquire_points(deadline, None).await
+    }
+
+    /// [`Limiter::acquire`] for an attempt that may cost `points` (a GraphQL query).
+    pub async fn acquire_points(
+        &self,
+        deadline: Option<Instant>,
+        points: Option<f64>,
+    ) -> Result<Admission, Rejected> {
+        let Some(pacer) = self.pacer_for(points) else {
+            return self.acquire_slot(deadline).await;
+        };
+        let cost = match (points, self.points.is_some()) {
+            (Some(points), true) => points,
+            _ => 1.0,
+        };
+        let start = Instant::now();
+        let mut budget = self.max_wait;
+        if let Some(d) = deadline {
+            budget = budget.min(d.saturating_duration_since(start));
+        }
+        if let Some(wait) = self.paused_for().filter(|w| *w > budget) {
+            return Err(Rejected::Upstream { retry_after: wait });
+        }
+        let seq = {
+            let _queued = Queued::enter(self);
+            pacer.admit(cost, budget).await
+        };
+        let seq = match seq {
+            Ok(seq) => seq,
+            // The budget is spent until the upstream's reset: held back by the upstream.
+            Err(e) if e.exhausted => {
+                return Err(Rejected::Upstream {
+                    retry_after: e.retry_after,
+                })
+            }
+            Err(e) => {
+                return Err(Rejected::Local {
+                    retry_after: e.retry_after,
+                })
+            }
+        };
+        let mut admission = self.acquire_slot(deadline).await?;
+        admission.seq = seq;
+        Ok(admission)
+    }
+
+    async fn acquire_slot(&self, deadline: Option<Instant>) -> Result<Admission, Rejected> {
         let start = Instant::now();
         let mut budget = self.max_wait;
         if let Some(d) = deadline {
@@ -224,7 +325,8 @@ impl Limiter {
             }
         }
         if let Some(shared) = &self.shared {
-            if let Some(verdict) = shared.reserve(budget, paused).await {
+            let learned = self.pacer.as_ref().and_then(Pacer::learned_interval);
+            if let Some(verdict) = shared.reserve(budget, paused, learned).await {
                 return self.admit_shared(verdict, start, budget).await;
             }
             // Redis did not answer: the local share of the budget decides, below.
@@ -233,7 +335,10 @@ impl Limiter {
             if let Some(wait) = paused {
                 tokio::time::sleep(wait).await;
             }
-            return Ok(Admission { _permit: None });
+            return Ok(Admission {
+                _permit: None,
+                seq: 0,
+            });
         }
         if paused.is_some() {
             self.wait_in_queue(start, budget).await?;
@@ -329,17 +434,22 @@ impl Limiter {
         budget: Duration,
     ) -> Result<Admission, Rejected> {
         let Some(semaphore) = &self.in_flight else {
-            return Ok(Admission { _permit: None });
+            return Ok(Admission {
+                _permit: None,
+                seq: 0,
+            });
         };
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return Ok(Admission {
                 _permit: Some(permit),
+                seq: 0,
             });
         }
         let deadline = far(start, budget);
         match tokio::time::timeout_at(deadline, semaphore.clone().acquire_owned()).await {
             Ok(Ok(permit)) => Ok(Admission {
                 _permit: Some(permit),
+                seq: 0,
             }),
             _ => Err(Rejected::Local {
                 retry_after: self.interval.max(Duration::from_millis(100)),
@@ -370,6 +480,7 @@ mod tests {
             max_wait,
             max_in_flight,
             shared: None,
+            quota: None,
         }))
     }
 
@@ -479,6 +590,7 @@ mod tests {
             max_wait: Duration::ZERO,
             max_in_flight: None,
             shared: Some(shared.clone()),
+            quota: None,
         };
         let store = SharedStore::new("api", &rl, &shared, "t:", None).unwrap();
         let l = Limiter::with_shared(Some(&rl), None, Some(store.bucket(0)));

@@ -39,11 +39,15 @@ pub fn parse_epoch_or_delta(value: &str, now: SystemTime) -> Option<Duration> {
         .parse()
         .ok()
         .filter(|n: &f64| n.is_finite() && *n >= 0.0)?;
+    // Clamped before the conversion: `from_secs_f64` panics past u64::MAX seconds.
+    let sane = SANE_MAX.as_secs_f64();
     if number >= EPOCH_THRESHOLD as f64 {
         let now_secs = now.duration_since(UNIX_EPOCH).ok()?.as_secs_f64();
-        Some(Duration::from_secs_f64((number - now_secs).max(0.0)).min(SANE_MAX))
+        Some(Duration::from_secs_f64(
+            (number - now_secs).clamp(0.0, sane),
+        ))
     } else {
-        Some(Duration::from_secs_f64(number).min(SANE_MAX))
+        Some(Duration::from_secs_f64(number.min(sane)))
     }
 }
 
@@ -167,6 +171,11 @@ mod tests {
         );
         assert_eq!(parse_epoch_or_delta("7", now), Some(Duration::from_secs(7)));
         assert_eq!(parse_epoch_or_delta("x", now), None);
+        // Past u64::MAX seconds (an answer seen through tests/quota.rs): capped, no panic.
+        let day = Some(Duration::from_secs(86_400));
+        assert_eq!(parse_epoch_or_delta("99999999999999999999", now), day);
+        assert_eq!(parse_epoch_or_delta("1e300", now), day);
+        assert_eq!(parse_epoch_or_delta("999999999.5", now), day);
         assert_eq!(parse_go_duration("6m0s"), Some(Duration::from_secs(360)));
         assert_eq!(parse_go_duration("120ms"), Some(Duration::from_millis(120)));
         assert_eq!(
@@ -223,6 +232,14 @@ mod tests {
             let _ = parse_epoch_or_delta(&s, now);
             let _ = parse_go_duration(&s);
             let _ = parse_ratelimit_field(&s);
+        }
+
+        #[test]
+        fn numbers_of_any_size_never_panic(n in any::<u64>(), f in any::<f64>(), e in 0u32..400) {
+            let now = at(1_700_000_000);
+            let _ = parse_epoch_or_delta(&format!("{n}{n}"), now);
+            let _ = parse_epoch_or_delta(&f.to_string(), now);
+            let _ = parse_epoch_or_delta(&format!("1e{e}"), now);
         }
     }
 }

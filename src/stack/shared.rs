@@ -56,13 +56,16 @@ use crate::shared_redis::{OwnerKind, Purpose, RedisLink};
 /// Prefix of every key the shared limiter writes.
 pub const DEFAULT_KEY_PREFIX: &str = "outpost:rl:";
 
-/// KEYS: TAT, pause-until. ARGV: interval µs, burst, budget µs, local pause left µs.
+/// KEYS: TAT, pause-until. ARGV: interval µs, burst, budget µs, local pause left µs, learned
+/// interval µs (quota pacing: replaces the configured interval when longer; 0 = none).
 /// Returns `{code, wait µs, pause left µs}`: 0 admitted after `wait` (slot reserved), 1 over
 /// budget (wait needed), 2 paused by the upstream for longer than the budget.
 const ADMIT_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local interval = tonumber(ARGV[1])
+local learned = tonumber(ARGV[5] or 0)
+if learned > interval then interval = learned end
 local burst = tonumber(ARGV[2])
 local budget = tonumber(ARGV[3])
 local open = now + tonumber(ARGV[4])
@@ -173,7 +176,12 @@ impl SharedStore {
             degraded_gauge,
         )
         .map_err(|e| format!("upstream `{upstream}`: rate_limit.{e}"))?;
-        let interval_us = (rate.per.as_secs_f64() * 1e6 / rate.requests).round() as u64;
+        // Without a configured rate (quota pacing alone) the interval is the learned one.
+        let interval_us = if rate.has_rate() {
+            (rate.per.as_secs_f64() * 1e6 / rate.requests).round() as u64
+        } else {
+            1
+        };
         Ok(SharedStore {
             inner: Arc::new(Inner {
                 upstream: upstream.to_string(),
@@ -210,10 +218,13 @@ impl SharedStore {
 impl SharedBucket {
     /// Ask Redis for a slot within `budget`. `local_pause`: an upstream pause this replica knows
     /// of. `None`: Redis could not answer in time; the caller uses its local bucket.
+    /// `learned`: the interval quota pacing asks for (see `quota.rs`), used when longer than the
+    /// configured one, so every replica's admissions follow the budget the upstream reports.
     pub async fn reserve(
         &self,
         budget: Duration,
         local_pause: Option<Duration>,
+        learned: Option<Duration>,
     ) -> Option<Verdict> {
         let mut invocation = self.inner.admit.prepare_invoke();
         invocation
@@ -222,14 +233,16 @@ impl SharedBucket {
             .arg(self.inner.interval_us)
             .arg(self.inner.burst)
             .arg(micros(budget))
-            .arg(local_pause.map_or(0, micros));
+            .arg(local_pause.map_or(0, micros))
+            .arg(learned.map_or(0, micros));
         let (code, wait, pause_left) = self
             .inner
             .link
             .invoke::<(i64, i64, i64)>(&invocation)
             .await?;
         let us = |v: i64| Duration::from_micros(v.max(0) as u64);
-        let interval = Duration::from_micros(self.inner.interval_us);
+        let interval =
+            Duration::from_micros(self.inner.interval_us).max(learned.unwrap_or_default());
         Some(match code {
             0 => Verdict::Admit {
                 wait: us(wait),
@@ -279,6 +292,7 @@ mod tests {
             max_wait: Duration::ZERO,
             max_in_flight: None,
             shared: None,
+            quota: None,
         }
     }
 
@@ -328,7 +342,7 @@ mod tests {
         let gauge_store = SharedStore::new("api", &rate(10.0, 1), &shared, "p:", None).unwrap();
         let bucket = gauge_store.bucket(0);
         let started = tokio::time::Instant::now();
-        assert_eq!(bucket.reserve(Duration::ZERO, None).await, None);
+        assert_eq!(bucket.reserve(Duration::ZERO, None, None).await, None);
         assert!(started.elapsed() < COMMAND_TIMEOUT);
         assert!(gauge_store.is_degraded());
     }

@@ -103,6 +103,7 @@ mod tests {
                 auth: &AuthScope::default(),
                 can_refresh: false,
                 endpoint: None,
+                points: None,
             })
             .await
             .err()
