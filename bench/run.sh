@@ -356,7 +356,8 @@ run_one() { # target scenario duration -> "requests duration_us p50 p99 p999 soc
     a1=$(upstream_accepts)
     local line
     line=$(grep '^BENCH ' <<<"$out") || { echo "$out" >&2; die "no result from wrk for $tgt/$sc"; }
-    echo "${line#BENCH } $((u1 - u0 + s1 - s0)) $((u1 - u0)) $((s1 - s0)) $((a1 - a0))"
+    # The status poll's own connection is the one the first poll opened.
+    echo "${line#BENCH } $((u1 - u0 + s1 - s0)) $((u1 - u0)) $((s1 - s0)) $((a1 - a0 - 1))"
 }
 
 # ---------------------------------------------------------------- the interleaved run

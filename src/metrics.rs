@@ -76,24 +76,49 @@ const DURATION_BUCKETS: &[f64] = &[
 
 static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
 
-/// The process's metrics registry: a Prometheus recorder owned by the app (not the global one),
+/// The process's metrics registry: Prometheus recorders owned by the app (not the global one),
 /// so several proxies in one test process never share counters.
+///
+/// One recorder holds the process-wide series; each upstream and each webhook has a recorder
+/// of its own (the exporter cannot forget a series), so a reload that removes one drops its
+/// recorder and with it every series and the memory they held. [`Metrics::render`] merges
+/// the recorders' expositions family by family.
 #[derive(Clone)]
 pub struct Metrics {
     recorder: Arc<PrometheusRecorder>,
     handle: PrometheusHandle,
-    /// Upstream and webhook names a reload removed: their series are left out of
-    /// [`Metrics::render`] (the exporter cannot forget a series) until a config names them again.
-    retired: Arc<RwLock<Retired>>,
+    owners: Arc<RwLock<Owners>>,
     log_lines_dropped: Counter,
 }
 
+/// Whose series a recorder holds.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+enum Owner {
+    Upstream(String),
+    Webhook(String),
+}
+
 #[derive(Default)]
-struct Retired {
-    upstreams: HashSet<String>,
-    webhooks: HashSet<String>,
+struct Owners {
+    recorders: HashMap<Owner, (Arc<PrometheusRecorder>, PrometheusHandle)>,
+    /// Names the serving config has: only these (and names never configured, such as the
+    /// `unknown` pseudo-upstream) keep their recorder across [`Metrics::retain`].
     live_upstreams: HashSet<String>,
     live_webhooks: HashSet<String>,
+}
+
+/// A recorder with Outpost's buckets and every family's description (each recorder writes
+/// the `HELP` of the families it has samples of).
+fn recorder() -> PrometheusRecorder {
+    let r = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full(REQUEST_DURATION_SECONDS.into()),
+            DURATION_BUCKETS,
+        )
+        .expect("static bucket list is not empty")
+        .build_recorder();
+    Metrics::describe(&r);
+    r
 }
 
 impl Default for Metrics {
@@ -104,13 +129,7 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Self {
-        let recorder = PrometheusBuilder::new()
-            .set_buckets_for_metric(
-                Matcher::Full(REQUEST_DURATION_SECONDS.into()),
-                DURATION_BUCKETS,
-            )
-            .expect("static bucket list is not empty")
-            .build_recorder();
+        let recorder = recorder();
         let handle = recorder.handle();
         let recorder = Arc::new(recorder);
         let log_lines_dropped =
@@ -118,10 +137,9 @@ impl Metrics {
         let metrics = Metrics {
             recorder,
             handle,
-            retired: Arc::default(),
+            owners: Arc::default(),
             log_lines_dropped,
         };
-        metrics.describe();
         metrics
             .gauge(
                 BUILD_INFO,
@@ -131,8 +149,7 @@ impl Metrics {
         metrics
     }
 
-    fn describe(&self) {
-        let r = &self.recorder;
+    fn describe(r: &PrometheusRecorder) {
         let d = |name: &'static str| metrics::KeyName::from_const_str(name);
         r.describe_counter(
             d(REQUESTS_TOTAL),
@@ -226,57 +243,105 @@ impl Metrics {
         );
     }
 
-    /// Prometheus text exposition, without the series of upstreams and webhooks that a
-    /// reload removed.
+    /// Prometheus text exposition of every recorder, one block per metric family (its `HELP`
+    /// and `TYPE` once, then the samples of all owners), families in name order.
     pub fn render(&self) -> String {
         self.log_lines_dropped.absolute(crate::telemetry::dropped());
-        let text = self.handle.render();
-        let retired = self.retired.read().unwrap_or_else(|e| e.into_inner());
-        if retired.upstreams.is_empty() && retired.webhooks.is_empty() {
-            return text;
+        let mut texts = vec![self.handle.render()];
+        {
+            let owners = self.owners.read().unwrap_or_else(|e| e.into_inner());
+            let mut owned: Vec<_> = owners.recorders.iter().collect();
+            owned.sort_by(|a, b| a.0.cmp(b.0));
+            texts.extend(owned.into_iter().map(|(_, (_, handle))| handle.render()));
         }
-        let mut out = String::with_capacity(text.len());
-        for line in text.lines() {
-            if !line.starts_with('#') && retired.hides(line) {
-                continue;
-            }
-            out.push_str(line);
-            out.push('\n');
-        }
-        out
+        merge_expositions(&texts)
     }
 
-    /// At start and after each reload, with the names the config serving now has: the series
-    /// of upstreams and webhooks no longer configured stop being exported (a later config that
-    /// brings a name back brings its series back, counting on).
+    /// At start and after each reload, with the names the config serving now has: upstreams
+    /// and webhooks no longer configured lose their recorder, so their series are no longer
+    /// exported and their memory is freed (once the old generation's handles are gone); a
+    /// later config that names one again starts its series afresh (a counter reset).
     pub fn retain<'a>(
         &self,
         upstreams: impl IntoIterator<Item = &'a str>,
         webhooks: impl IntoIterator<Item = &'a str>,
     ) {
-        let mut retired = self.retired.write().unwrap_or_else(|e| e.into_inner());
-        let r = &mut *retired;
-        swap_names(&mut r.live_upstreams, &mut r.upstreams, upstreams);
-        swap_names(&mut r.live_webhooks, &mut r.webhooks, webhooks);
+        let upstreams: HashSet<String> = upstreams.into_iter().map(str::to_string).collect();
+        let webhooks: HashSet<String> = webhooks.into_iter().map(str::to_string).collect();
+        let mut owners = self.owners.write().unwrap_or_else(|e| e.into_inner());
+        let gone_upstreams: Vec<String> = owners
+            .live_upstreams
+            .difference(&upstreams)
+            .cloned()
+            .collect();
+        let gone_webhooks: Vec<String> = owners
+            .live_webhooks
+            .difference(&webhooks)
+            .cloned()
+            .collect();
+        for name in gone_upstreams {
+            owners.recorders.remove(&Owner::Upstream(name));
+        }
+        for name in gone_webhooks {
+            owners.recorders.remove(&Owner::Webhook(name));
+        }
+        owners.live_upstreams = upstreams;
+        owners.live_webhooks = webhooks;
     }
 
-    /// Periodic housekeeping of the exporter (histogram buffers).
+    /// The recorder a series with these labels belongs to: its upstream's or webhook's, else
+    /// the process-wide one.
+    fn recorder_for(&self, labels: &[Label]) -> Arc<PrometheusRecorder> {
+        let owner = labels.iter().find_map(|l| match l.key() {
+            "upstream" => Some(Owner::Upstream(l.value().to_string())),
+            "webhook" => Some(Owner::Webhook(l.value().to_string())),
+            _ => None,
+        });
+        let Some(owner) = owner else {
+            return self.recorder.clone();
+        };
+        if let Some((r, _)) = self
+            .owners
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .recorders
+            .get(&owner)
+        {
+            return r.clone();
+        }
+        let mut owners = self.owners.write().unwrap_or_else(|e| e.into_inner());
+        owners
+            .recorders
+            .entry(owner)
+            .or_insert_with(|| {
+                let r = recorder();
+                let handle = r.handle();
+                (Arc::new(r), handle)
+            })
+            .0
+            .clone()
+    }
+
     pub fn run_upkeep(&self) {
         self.handle.run_upkeep();
+        let owners = self.owners.read().unwrap_or_else(|e| e.into_inner());
+        for (_, handle) in owners.recorders.values() {
+            handle.run_upkeep();
+        }
     }
 
     pub fn counter(&self, name: &'static str, labels: Vec<Label>) -> Counter {
-        self.recorder
+        self.recorder_for(&labels)
             .register_counter(&Key::from_parts(name, labels), &METADATA)
     }
 
     pub fn gauge(&self, name: &'static str, labels: Vec<Label>) -> Gauge {
-        self.recorder
+        self.recorder_for(&labels)
             .register_gauge(&Key::from_parts(name, labels), &METADATA)
     }
 
     pub fn histogram(&self, name: &'static str, labels: Vec<Label>) -> Histogram {
-        self.recorder
+        self.recorder_for(&labels)
             .register_histogram(&Key::from_parts(name, labels), &METADATA)
     }
 
@@ -289,33 +354,68 @@ impl Metrics {
     }
 }
 
-/// `live` becomes `now`; names that left it join `retired`, names in it leave `retired`.
-fn swap_names<'a>(
-    live: &mut HashSet<String>,
-    retired: &mut HashSet<String>,
-    now: impl IntoIterator<Item = &'a str>,
-) {
-    let now: HashSet<String> = now.into_iter().map(str::to_string).collect();
-    for gone in live.difference(&now) {
-        retired.insert(gone.clone());
+/// Merge Prometheus text expositions: each family (a `# TYPE` line and the samples after it,
+/// with its `# HELP` line when one has it) once, with the samples of every input, in name
+/// order. The exporter writes a family as one block, so blocks are read whole.
+fn merge_expositions(texts: &[String]) -> String {
+    #[derive(Default)]
+    struct Family {
+        help: Option<String>,
+        kind: Option<String>,
+        samples: String,
     }
-    for name in &now {
-        retired.remove(name);
+    let mut families: std::collections::BTreeMap<String, Family> = Default::default();
+    for text in texts {
+        let mut current: Option<String> = None;
+        for line in text.lines() {
+            if line.is_empty() {
+                continue;
+            }
+            let meta = line
+                .strip_prefix("# HELP ")
+                .map(|rest| (true, rest))
+                .or_else(|| line.strip_prefix("# TYPE ").map(|rest| (false, rest)));
+            if let Some((help, rest)) = meta {
+                let name = rest.split(' ').next().unwrap_or_default().to_string();
+                let family = families.entry(name.clone()).or_default();
+                let slot = if help {
+                    &mut family.help
+                } else {
+                    &mut family.kind
+                };
+                slot.get_or_insert_with(|| line.to_string());
+                current = Some(name);
+                continue;
+            }
+            if line.starts_with('#') {
+                continue;
+            }
+            let name = match &current {
+                Some(name) => name.clone(),
+                None => line
+                    .split(['{', ' '])
+                    .next()
+                    .unwrap_or_default()
+                    .to_string(),
+            };
+            let family = families.entry(name).or_default();
+            family.samples.push_str(line);
+            family.samples.push('\n');
+        }
     }
-    *live = now;
-}
-
-impl Retired {
-    /// True when a sample line carries `upstream="<retired>"` or `webhook="<retired>"`.
-    fn hides(&self, line: &str) -> bool {
-        let value = |label: &str| {
-            let start = line.find(label)? + label.len();
-            let end = line[start..].find('"')?;
-            Some(&line[start..start + end])
-        };
-        value("upstream=\"").is_some_and(|v| self.upstreams.contains(v))
-            || value("webhook=\"").is_some_and(|v| self.webhooks.contains(v))
+    let mut out = String::new();
+    for family in families.values() {
+        if family.samples.is_empty() {
+            continue;
+        }
+        for meta in [&family.help, &family.kind].into_iter().flatten() {
+            out.push_str(meta);
+            out.push('\n');
+        }
+        out.push_str(&family.samples);
+        out.push('\n');
     }
+    out
 }
 
 /// Metric handles of one upstream (or of the `unknown` pseudo-upstream), made once.
@@ -470,10 +570,36 @@ mod tests {
         assert!(!text.contains(r#"webhook="hook""#), "{text}");
         assert!(text.contains(r#"upstream="a""#), "{text}");
 
-        // Back again: its series come back, still counting.
+        // Back again: its series start afresh (the old ones and their memory are gone), and
+        // the families stay one block each.
         metrics.retain(["a", "b"], []);
-        assert!(metrics
-            .render()
-            .contains(r#"outpost_requests_total{upstream="b",method="GET",status="200"} 1"#));
+        assert!(!metrics.render().contains(r#"upstream="b""#));
+        UpstreamMetrics::new(&metrics, "b").request(&Method::GET, 200);
+        let text = metrics.render();
+        assert!(
+            text.contains(r#"outpost_requests_total{upstream="b",method="GET",status="200"} 1"#),
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# TYPE outpost_requests_total counter")
+                .count(),
+            1,
+            "{text}"
+        );
+        assert_eq!(
+            text.matches("# HELP outpost_requests_total ").count(),
+            1,
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn expositions_merge_family_by_family() {
+        let a = "# HELP x_total X.\n# TYPE x_total counter\nx_total{upstream=\"a\"} 1\n\n# TYPE g gauge\ng 2\n\n".to_string();
+        let b = "# TYPE x_total counter\nx_total{upstream=\"b\"} 3\n\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 0.5\nh_count 1\n\n".to_string();
+        assert_eq!(
+            merge_expositions(&[a, b]),
+            "# TYPE g gauge\ng 2\n\n# TYPE h histogram\nh_bucket{le=\"1\"} 1\nh_sum 0.5\nh_count 1\n\n# HELP x_total X.\n# TYPE x_total counter\nx_total{upstream=\"a\"} 1\nx_total{upstream=\"b\"} 3\n\n"
+        );
     }
 }
