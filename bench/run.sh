@@ -509,7 +509,6 @@ CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
         d50=$(get rate direct 4)
         o_add=$(awk -v a="$(get rate outpost-full 4)" -v d="$d50" 'BEGIN { if (a == "" || d == "") print ""; else print a - d }')
         n_add=$(awk -v a="$(get rate nginx 4)" -v d="$d50" 'BEGIN { if (a == "" || d == "") print ""; else print a - d }')
-        tadd=$(ratio "$o_add" "$n_add")
         tnew=$(get rate outpost-full 12)
         trss=$(mib "${RSS[outpost-full]}")
         verdict() { awk -v v="$1" -v lim="$2" -v dir="$3" 'BEGIN { if (v == "—" || v == "") print "not measured"; else if ((dir == "le" && v + 0 <= lim + 0) || (dir == "ge" && v + 0 >= lim + 0)) print "**met**"; else print "**not met**" }'; }
@@ -518,7 +517,8 @@ CPU_MODEL=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
         echo "| CPU per request ≤ HAProxy's (first milestone; small GET, 64 conns) | ${tcpu} × nginx (HAProxy ${hcpu} ×) | $(verdict "$tcpu" "$hcpu" le) |"
         echo "| CPU per request ≤ 1.0 × nginx (small GET, 64 conns) | ${tcpu} × | $(verdict "$tcpu" 1.0 le) |"
         echo "| throughput ≥ 1.0 × nginx (small GET, 64 conns) | ${trps} × | $(verdict "$trps" 1.0 ge) |"
-        echo "| p50 added latency at the paced rate ≤ nginx's | $(ms "$o_add") ms vs $(ms "$n_add") ms (${tadd} ×) | $(verdict "$tadd" 1.0 le) |"
+        # Compared directly (nginx's added p50 can be 0 or below the direct run's noise).
+        echo "| p50 added latency at the paced rate ≤ nginx's | $(ms "$o_add") ms vs $(ms "$n_add") ms | $(verdict "$o_add" "$n_add" le) |"
         echo "| 0 new upstream connections in the paced-rate windows | ${tnew} | $(verdict "$tnew" 0 le) |"
         echo "| peak RSS ≤ 20 MiB | ${trss} MiB | $(verdict "$trss" 20 le) |"
     fi
