@@ -263,4 +263,36 @@ mod tests {
         assert!(out.contains("local + redis_url"), "{out}");
         assert!(!out.contains("CANARY"), "{out}");
     }
+
+    #[test]
+    fn the_summary_shows_quota_pacing_graphql_and_from_token() {
+        let key = concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/keys/rsa-test.pem"
+        );
+        let yaml = format!(
+            "version: 1\nupstreams:\n  gh:\n    preset: github\n    auth: {{ token: ghp-CANARY }}\n  shop:\n    preset: shopify\n    base_url: https://acme.myshopify.com/admin/api/2024-10\n    auth: {{ value: shpat-CANARY }}\n  own:\n    base_url: https://api.example.com\n    rate_limit: {{ quota: ietf }}\n  sf:\n    preset: salesforce\n    auth: {{ issuer: i, subject: s, private_key: \"${{file:{key}}}\" }}\n"
+        );
+        let config =
+            crate::config::load_str(&yaml, std::path::Path::new("/etc/outpost/proxy.yaml"))
+                .unwrap();
+        let out = summary(&config);
+        let row = |name: &str| {
+            out.lines()
+                .find(|l| l.trim_start().starts_with(name))
+                .unwrap_or_else(|| panic!("no row for {name}: {out}"))
+                .to_string()
+        };
+        assert!(row("gh").contains("quota x-ratelimit"), "{out}");
+        assert!(row("gh").contains("(graphql /graphql)"), "{out}");
+        assert!(row("shop").contains("quota shopify"), "{out}");
+        assert!(row("shop").contains("(graphql /graphql.json)"), "{out}");
+        assert!(row("own").contains("quota ietf"), "{out}");
+        assert!(row("sf").contains("from_token"), "{out}");
+        assert!(row("sf").contains("quota salesforce"), "{out}");
+        assert!(
+            !out.contains("CANARY") && !out.contains("PRIVATE KEY"),
+            "{out}"
+        );
+    }
 }
