@@ -321,3 +321,53 @@ async fn a_damaged_store_is_refreshed_over() {
     );
     a.shutdown().await;
 }
+
+/// `base_url: from_token` with the Redis store (Salesforce's refresh-token flow across
+/// replicas): the replica that did not refresh takes the stored access token over together with
+/// the `instance_url` it came with, so both send to the org's host.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_instance_url_is_stored_with_the_access_token() {
+    let redis = RedisServer::start(&[]).await;
+    let org = MockUpstream::start(|req| match req.header("authorization") {
+        Some("Bearer 00D-canary") => Reply::json(200, &json!({"org": true})),
+        _ => Reply::json(401, &json!([{"errorCode": "INVALID_SESSION_ID"}])),
+    })
+    .await;
+    let instance = org.url("");
+    let tokens = MockUpstream::start(move |_| {
+        Reply::json(
+            200,
+            &json!({"access_token": "00D-canary", "instance_url": instance, "token_type": "Bearer"}),
+        )
+    })
+    .await;
+    let yaml = format!(
+        "upstreams:\n  sf:\n    base_url: from_token\n    auth:\n      type: oauth2_refresh_token\n      token_url: {}\n      client_id: app-id\n      refresh_token: rt-seed\n      store: {{ redis_url: \"{}\" }}\n",
+        tokens.url("/services/oauth2/token"),
+        redis.url()
+    );
+    let a = Proxy::start(&yaml).await;
+    let b = Proxy::start(&yaml).await;
+    for proxy in [&a, &b] {
+        poll_until("the token store is connected", || async {
+            proxy
+                .metrics()
+                .lines()
+                .any(|l| l.starts_with(r#"outpost_token_store_degraded{upstream="sf"} 0"#))
+        })
+        .await;
+    }
+    let answer = a.get("/sf/services/data/v60.0/limits").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    // b refreshes nothing: it adopts a's token and its instance_url from Redis.
+    let answer = b.get("/sf/services/data/v60.0/limits").await;
+    assert_eq!(answer.status, 200, "{}", answer.text());
+    assert_eq!(tokens.requests().len(), 1, "one refresh for both replicas");
+    assert_eq!(
+        org.requests().len(),
+        2,
+        "both replicas sent to the org's host"
+    );
+    a.shutdown().await;
+    b.shutdown().await;
+}

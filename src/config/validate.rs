@@ -394,16 +394,6 @@ impl Validator {
                 Some(Auth::OAuth2RefreshToken(r)) => Some(&r.token_url),
                 _ => None,
             };
-            if let Some(Auth::OAuth2RefreshToken(RefreshToken {
-                store: TokenStore::Redis { .. },
-                ..
-            })) = &auth
-            {
-                self.error(
-                    &base_path,
-                    "`base_url: from_token` with a Redis token store is not in this build yet (the stored token does not keep `instance_url`): use `store: {file: PATH}` or a fixed `base_url`",
-                );
-            }
             match token_url.and_then(|u| Some((u.scheme_str()?, u.authority()?))) {
                 Some((scheme, authority)) => {
                     base_url = self.base_url(&base_path, &format!("{scheme}://{authority}"));

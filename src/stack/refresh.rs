@@ -330,9 +330,7 @@ impl Refresher {
             access_token: token.clone(),
             expires_in: *left,
             refresh_margin: None,
-            // Not stored in Redis: `base_url: from_token` with a Redis store is refused by
-            // config validation.
-            instance_url: None,
+            instance_url: stored.instance_url.clone(),
         })
     }
 
@@ -373,7 +371,13 @@ impl Refresher {
         let next = rotated.unwrap_or(refresh_token);
         // Stored before the access token is used: the old refresh token is spent.
         match store
-            .save(&next, &fetched.access_token, fetched.expires_in, lock)
+            .save(
+                &next,
+                &fetched.access_token,
+                fetched.expires_in,
+                lock,
+                fetched.instance_url.as_deref(),
+            )
             .await
         {
             Some(generation) => {

@@ -36,22 +36,23 @@ use crate::shared_redis::{OwnerKind, Purpose, RedisLink};
 pub const KEY_PREFIX: &str = "outpost:rt:";
 
 /// KEYS: state. Returns `{seed, refresh_token, access_token, ms left (-1: none), generation,
-/// dead}`, empty strings for missing fields; fields that are not numbers (someone else wrote
+/// dead, instance_url}`, empty strings for missing fields; fields that are not numbers (someone else wrote
 /// the hash) read as missing, so a damaged store is refreshed over rather than stuck.
 const READ_LUA: &str = r#"
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local v = redis.call('HMGET', KEYS[1], 'seed', 'refresh_token', 'access_token', 'expires_at', 'generation', 'dead')
+local v = redis.call('HMGET', KEYS[1], 'seed', 'refresh_token', 'access_token', 'expires_at', 'generation', 'dead', 'instance_url')
 local left = -1
 local expires = tonumber(v[4])
 if v[3] and expires then left = math.floor(expires - now) end
 local generation = tonumber(v[5]) or 0
 if generation < 0 or generation ~= math.floor(generation) then generation = 0 end
-return {v[1] or '', v[2] or '', v[3] or '', left, generation, v[6] or ''}
+return {v[1] or '', v[2] or '', v[3] or '', left, generation, v[6] or '', v[7] or ''}
 "#;
 
-/// KEYS: state, lock. ARGV: seed, refresh token, access token, lifetime ms, lock token.
-/// Writes the new tokens (a new generation), forgets `dead`, releases the lock if still held.
+/// KEYS: state, lock. ARGV: seed, refresh token, access token, lifetime ms, lock token,
+/// instance URL (empty: none). Writes the new tokens (a new generation), forgets `dead`,
+/// releases the lock if still held.
 /// Returns the generation.
 const SAVE_LUA: &str = r#"
 local t = redis.call('TIME')
@@ -59,6 +60,11 @@ local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('HSET', KEYS[1], 'seed', ARGV[1], 'refresh_token', ARGV[2], 'access_token', ARGV[3],
   'expires_at', string.format('%.0f', now + tonumber(ARGV[4])))
 redis.call('HDEL', KEYS[1], 'dead')
+if ARGV[6] and ARGV[6] ~= '' then
+  redis.call('HSET', KEYS[1], 'instance_url', ARGV[6])
+else
+  redis.call('HDEL', KEYS[1], 'instance_url')
+end
 local g0 = tonumber(redis.call('HGET', KEYS[1], 'generation'))
 if not g0 or g0 < 0 or g0 ~= math.floor(g0) or g0 > 2^52 then
   redis.call('HSET', KEYS[1], 'generation', '0')
@@ -92,6 +98,8 @@ pub struct SharedState {
     pub generation: u64,
     /// The endpoint refused the stored refresh token with `invalid_grant`.
     pub dead: bool,
+    /// The token answer's `instance_url`, stored with its access token (`base_url: from_token`).
+    pub instance_url: Option<Box<str>>,
 }
 
 impl std::fmt::Debug for SharedState {
@@ -166,9 +174,9 @@ impl RedisTokenStore {
     pub async fn read(&self) -> Option<SharedState> {
         let mut invocation = self.read.prepare_invoke();
         invocation.key(&self.state_key);
-        let (seed, refresh, access, left_ms, generation, dead) = self
+        let (seed, refresh, access, left_ms, generation, dead, instance_url) = self
             .link
-            .invoke::<(String, String, String, i64, i64, String)>(&invocation)
+            .invoke::<(String, String, String, i64, i64, String, String)>(&invocation)
             .await?;
         if seed != self.seed {
             return Some(SharedState::default());
@@ -186,6 +194,9 @@ impl RedisTokenStore {
             access,
             generation: u64::try_from(generation).unwrap_or(0),
             dead,
+            instance_url: (!instance_url.is_empty()
+                && instance_url.len() <= super::oauth::MAX_INSTANCE_URL)
+                .then(|| instance_url.into()),
         })
     }
 
@@ -216,6 +227,7 @@ impl RedisTokenStore {
         access_token: &Secret,
         lifetime: Duration,
         lock: &str,
+        instance_url: Option<&str>,
     ) -> Option<u64> {
         let mut invocation = self.save.prepare_invoke();
         invocation
@@ -225,7 +237,8 @@ impl RedisTokenStore {
             .arg(refresh_token.expose())
             .arg(access_token.expose())
             .arg(u64::try_from(lifetime.as_millis()).unwrap_or(u64::MAX / 2))
-            .arg(lock);
+            .arg(lock)
+            .arg(instance_url.unwrap_or_default());
         self.link.invoke::<u64>(&invocation).await
     }
 
