@@ -151,8 +151,13 @@ pub async fn serve_checked<R, H, Fut>(
                 let served = {
                     let mut conn = std::pin::pin!(conn);
                     let mut shut = false;
-                    let check = tokio::time::sleep(idle);
-                    tokio::pin!(check);
+                    // Checked once per idle period: quiet at two checks in a row with nothing
+                    // answered between them means idle for a whole period (closed after one
+                    // to two periods; no clock read per request).
+                    let mut seen = None;
+                    let mut check = tokio::time::interval(idle);
+                    check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                    check.reset();
                     loop {
                         tokio::select! {
                             served = conn.as_mut() => break served,
@@ -160,14 +165,14 @@ pub async fn serve_checked<R, H, Fut>(
                                 shut = true;
                                 conn.as_mut().graceful_shutdown();
                             }
-                            () = &mut check, if !shut => match shared.idle_since() {
-                                Some(since) if since.elapsed() >= idle => {
+                            _ = check.tick(), if !shut => {
+                                let now = shared.quiet();
+                                if now.is_some() && now == seen {
                                     shut = true;
                                     conn.as_mut().graceful_shutdown();
                                 }
-                                Some(since) => check.as_mut().reset(since + idle),
-                                None => check.as_mut().reset(tokio::time::Instant::now() + idle),
-                            },
+                                seen = now;
+                            }
                         }
                     }
                 };

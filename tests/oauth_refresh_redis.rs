@@ -14,17 +14,6 @@ use futures_util::future::join_all;
 use serde_json::json;
 use support::*;
 
-fn form_field(body: &[u8], name: &str) -> Option<String> {
-    std::str::from_utf8(body).ok()?.split('&').find_map(|pair| {
-        let (k, v) = pair.split_once('=')?;
-        (k == name).then(|| {
-            percent_encoding::percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned()
-        })
-    })
-}
-
 /// A rotating token endpoint that takes `delay` to answer: the valid refresh token, and every
 /// refresh token it was sent.
 struct Rotating {
@@ -38,7 +27,10 @@ async fn rotating(seed: &str, delay: Duration) -> Rotating {
     let sent: Arc<Mutex<Vec<String>>> = Arc::default();
     let (valid, log) = (current.clone(), sent.clone());
     let mock = MockUpstream::start(move |req| {
-        let presented = form_field(&req.body, "refresh_token").unwrap_or_default();
+        let presented = form_pairs(&req.body)
+            .into_iter()
+            .find_map(|(k, v)| (k == "refresh_token").then_some(v))
+            .unwrap_or_default();
         let mut log = log.lock().unwrap();
         log.push(presented.clone());
         let n = log.len();

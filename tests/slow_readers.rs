@@ -10,6 +10,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http_body_util::BodyExt;
@@ -56,8 +58,17 @@ async fn slow_reader(addr: std::net::SocketAddr) -> TcpStream {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_thousand_slow_readers_stay_bounded_and_memory_comes_back() {
-    let upstream = StreamingUpstream::start(|_req| async move {
-        http::Response::new(GeneratedBody::new(MIB, false).boxed_unsync())
+    let produced = Arc::new(AtomicU64::new(0));
+    let counted = produced.clone();
+    let upstream = StreamingUpstream::start(move |_req| {
+        let counted = counted.clone();
+        async move {
+            http::Response::new(
+                GeneratedBody::new(MIB, false)
+                    .counting(counted)
+                    .boxed_unsync(),
+            )
+        }
     })
     .await;
     let mut binary = Binary::start(
@@ -81,23 +92,19 @@ async fn a_thousand_slow_readers_stay_bounded_and_memory_comes_back() {
         readers.push(slow_reader(addr).await);
     }
     assert_eq!(upstream.requests(), READERS);
-    // Let every connection fill whatever it buffers: poll until the resident set stops growing.
+    // Let every connection fill whatever it buffers: poll until the upstream is held back
+    // (no body byte produced over ten polls in a row: backpressure reached every reader).
     let pid = binary.pid();
-    let mut last = status_kib(pid, "VmRSS:");
-    let mut steady = 0;
-    for _ in 0..100 {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        let now = status_kib(pid, "VmRSS:");
-        steady = if now <= last + last / 100 {
-            steady + 1
-        } else {
-            0
-        };
+    let (mut last, mut unchanged) = (u64::MAX, 0);
+    poll_until("backpressure holds the upstream back", || {
+        let now = produced.load(Ordering::Relaxed);
+        unchanged = if now == last { unchanged + 1 } else { 0 };
         last = now;
-        if steady >= 5 {
-            break;
-        }
-    }
+        let held = unchanged >= 10;
+        async move { held }
+    })
+    .await;
+    let last = status_kib(pid, "VmRSS:");
     let peak = status_kib(pid, "VmHWM:");
     eprintln!("idle {idle} KiB; {READERS} stalled readers: RSS {last} KiB, peak {peak} KiB");
     assert!(
@@ -121,14 +128,15 @@ async fn a_thousand_slow_readers_stay_bounded_and_memory_comes_back() {
         }
     })
     .await;
-    let mut after = status_kib(pid, "VmRSS:");
-    for _ in 0..150 {
-        if after <= AFTER_BOUND_KIB {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        after = status_kib(pid, "VmRSS:");
-    }
+    // jemalloc's background thread returns the freed pages within seconds: poll for it.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(30),
+        poll_until("RSS is back under the bound", || async move {
+            status_kib(pid, "VmRSS:") <= AFTER_BOUND_KIB
+        }),
+    )
+    .await;
+    let after = status_kib(pid, "VmRSS:");
     eprintln!("after the readers left: RSS {after} KiB");
     assert!(
         after <= AFTER_BOUND_KIB,

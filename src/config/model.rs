@@ -146,6 +146,31 @@ pub struct BaseUrl {
 }
 
 impl BaseUrl {
+    /// A base URL from its parts; the `Host` value leaves out the scheme's default port.
+    /// `None` when the authority is not a valid header value.
+    pub fn new(
+        scheme: http::uri::Scheme,
+        authority: http::uri::Authority,
+        path: String,
+    ) -> Option<Self> {
+        let default_port = if scheme == http::uri::Scheme::HTTPS {
+            443
+        } else {
+            80
+        };
+        let host_header = match authority.port_u16() {
+            Some(p) if p == default_port => HeaderValue::from_str(authority.host()),
+            _ => HeaderValue::from_str(authority.as_str()),
+        }
+        .ok()?;
+        Some(BaseUrl {
+            scheme,
+            authority,
+            path,
+            host_header,
+        })
+    }
+
     pub fn is_https(&self) -> bool {
         self.scheme == http::uri::Scheme::HTTPS
     }

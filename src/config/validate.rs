@@ -631,22 +631,7 @@ impl Validator {
             self.error(path, "base_url path must not contain `.` or `..` segments");
             return None;
         }
-        let default_port = if scheme == http::uri::Scheme::HTTPS {
-            443
-        } else {
-            80
-        };
-        let host_text = match authority.port_u16() {
-            Some(p) if p == default_port => authority.host().to_string(),
-            _ => authority.as_str().to_string(),
-        };
-        let host_header = HeaderValue::from_str(&host_text).ok()?;
-        Some(BaseUrl {
-            scheme,
-            authority,
-            path: base,
-            host_header,
-        })
+        BaseUrl::new(scheme, authority, base)
     }
 
     fn auth(&mut self, path: &str, raw: RawAuth, preset_type: Option<AuthType>) -> Option<Auth> {

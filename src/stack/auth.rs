@@ -313,18 +313,7 @@ fn instance_base(url: &str, allow_http: bool) -> Result<BaseUrl, &'static str> {
     if authority.as_str().contains('@') || !path_ok || uri.query().is_some() || url.contains('#') {
         return Err(BAD);
     }
-    let default_port = if https { 443 } else { 80 };
-    let host = match authority.port_u16() {
-        Some(p) if p == default_port => authority.host().to_string(),
-        _ => authority.as_str().to_string(),
-    };
-    let host_header = http::HeaderValue::from_str(&host).map_err(|_| BAD)?;
-    Ok(BaseUrl {
-        scheme,
-        authority,
-        path: String::new(),
-        host_header,
-    })
+    BaseUrl::new(scheme, authority, String::new()).ok_or(BAD)
 }
 
 pub struct AuthLayer {

@@ -26,9 +26,6 @@ pub(crate) struct Shared<S> {
     started: AtomicU64,
     /// Requests whose answer hyper is done with ([`Exchange`]s dropped).
     answered: AtomicU64,
-    /// When the last answer ended (or the connection began), in ms since `born`.
-    last_answer_ms: AtomicU64,
-    born: Instant,
     /// An answer switched protocols.
     switched: AtomicBool,
     /// The socket, left here by a dropped [`Framed`] whose refusal is still to be answered.
@@ -40,16 +37,14 @@ impl<S> Shared<S> {
         self.answered.load(Ordering::Acquire)
     }
 
-    /// `Some(since)`: no request is in hyper's hands, and none has been since `since`; `None`:
-    /// a request is in flight, or the connection switched protocols (no longer HTTP).
-    pub fn idle_since(&self) -> Option<Instant> {
+    /// `Some(answered)`: no request is in hyper's hands, `answered` have been answered so far;
+    /// `None`: a request is in flight, or the connection switched protocols (no longer HTTP).
+    /// Two equal `Some`s one idle period apart mean the connection was idle all that time.
+    pub fn quiet(&self) -> Option<u64> {
         let answered = self.answered();
-        if self.started.load(Ordering::Acquire) != answered || self.switched.load(Ordering::Acquire)
-        {
-            return None;
-        }
-        let ms = self.last_answer_ms.load(Ordering::Acquire);
-        Some(self.born + Duration::from_millis(ms))
+        let idle = self.started.load(Ordering::Acquire) == answered
+            && !self.switched.load(Ordering::Acquire);
+        idle.then_some(answered)
     }
 
     /// The socket and the refusal to answer on it, once hyper has let go of the connection.
@@ -80,10 +75,7 @@ impl<S> Exchange<S> {
 
 impl<S> Drop for Exchange<S> {
     fn drop(&mut self) {
-        let shared = &self.shared;
-        let ms = u64::try_from(shared.born.elapsed().as_millis()).unwrap_or(u64::MAX);
-        shared.last_answer_ms.store(ms, Ordering::Release);
-        shared.answered.fetch_add(1, Ordering::Release);
+        self.shared.answered.fetch_add(1, Ordering::Release);
     }
 }
 
@@ -170,8 +162,6 @@ impl<S> Framed<S> {
             shared: Arc::new(Shared {
                 started: AtomicU64::new(0),
                 answered: AtomicU64::new(0),
-                last_answer_ms: AtomicU64::new(0),
-                born: Instant::now(),
                 switched: AtomicBool::new(false),
                 handback: Mutex::new(None),
             }),
